@@ -1,0 +1,9 @@
+"""Dataset preparation: corpus → sentencepiece → packed MindRecord, with a verified manifest."""
+from .report import InspectReport, inspect
+from .loader import load
+from .manifest import read as read_manifest
+from .manifest import verify
+from .prepare import PrepareResult, PrepareSpec, prepare
+
+__all__ = ["prepare", "PrepareSpec", "PrepareResult", "inspect", "InspectReport", "load", "read_manifest",
+           "verify"]

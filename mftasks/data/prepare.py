@@ -1,0 +1,254 @@
+"""`mftasks data prepare`: corpus → sentencepiece tokenizer → packed MindRecord dataset + manifest.
+
+Atomic and idempotent: the dataset is built in a hidden folder beside the output and renamed into
+place at the end; the same inputs and parameters give the same `dataset_id`, and a verified dataset
+with that id is left alone ("up to date").
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .. import __version__
+from ..errors import ConfigError, DataError, OutputExistsError
+from ..files import (atomic_write_json, copy_durable, fsync_tree, publish_dir, remove_stale_staging,
+                     sha256_file, sha256_json, staging_dir)
+from . import manifest as mf
+from . import packing, shards, sources
+from . import tokenizer as tok
+
+MAX_SEQ_LENGTH = 131072
+TOKENIZER_FILE = "tokenizer.model"
+
+
+@dataclass
+class PrepareSpec:
+    """Everything `prepare` needs; validated as a whole before any work starts."""
+
+    inputs: list[str]
+    """Text files, folders (scanned recursively for `patterns`) or .jsonl files."""
+    output: str
+    """Dataset folder to create or update."""
+    seq_length: int = 1024
+    """Model context length; samples hold seq_length + 1 tokens."""
+    vocab_size: int | None = None
+    """Train a tokenizer of this many pieces (exclusive with `tokenizer`)."""
+    tokenizer: str | None = None
+    """Reuse this sentencepiece .model file (exclusive with `vocab_size`)."""
+    tokenizer_type: str = "bpe"
+    """bpe or unigram, when training a tokenizer."""
+    max_sentences: int = 300_000
+    """At most this many lines (seeded sample) train the tokenizer, so big corpora stay fast."""
+    eval_fraction: float = 0.05
+    """Share of documents held out for evaluation (0 = no eval split)."""
+    seed: int = 1234
+    """Seeds the eval split and tokenizer training."""
+    patterns: tuple[str, ...] = sources.DEFAULT_PATTERNS
+    """File name patterns picked up inside input folders."""
+    jsonl_field: str = "text"
+    """Field that holds the text in JSONL inputs."""
+    num_shards: int = 1
+    """MindRecord files per split."""
+    workers: int = 1
+    """Tokenizer processes; the output is byte-identical for any value."""
+    force: bool = False
+    """Replace an output folder that holds something other than an mftasks dataset."""
+
+    def problems(self) -> list[str]:
+        p = []
+        if not self.output:
+            p.append("--output is required: the dataset folder to write")
+        if not isinstance(self.seq_length, int) or self.seq_length < 2:
+            p.append(f"--seq-length {self.seq_length!r} is too small: a sample needs at least 2 tokens to predict; "
+                     "use e.g. 128 or 1024")
+        elif self.seq_length > MAX_SEQ_LENGTH:
+            p.append(f"--seq-length {self.seq_length} is absurdly large (limit {MAX_SEQ_LENGTH}); "
+                     "use the model's context length, e.g. 1024 for gpt2")
+        if (self.vocab_size is None) == (self.tokenizer is None):
+            p.append("give exactly one of --tokenizer PATH (reuse a sentencepiece model) or --vocab-size N "
+                     "(train one)")
+        if self.vocab_size is not None and (not isinstance(self.vocab_size, int) or not 16 <= self.vocab_size <= 1_000_000):
+            p.append(f"--vocab-size {self.vocab_size!r} must be an integer between 16 and 1000000")
+        if self.tokenizer is not None and not Path(self.tokenizer).is_file():
+            p.append(f"--tokenizer {self.tokenizer}: no such file")
+        if self.tokenizer_type not in tok.MODEL_TYPES:
+            p.append(f"--tokenizer-type {self.tokenizer_type!r} is not one of {', '.join(tok.MODEL_TYPES)}")
+        if not isinstance(self.max_sentences, int) or self.max_sentences < 100:
+            p.append(f"--max-sentences {self.max_sentences!r} must be an integer >= 100")
+        if not isinstance(self.eval_fraction, (int, float)) or not 0 <= self.eval_fraction <= 0.5:
+            p.append(f"--eval-fraction {self.eval_fraction!r} must be between 0 and 0.5")
+        if not isinstance(self.num_shards, int) or not 1 <= self.num_shards <= 1000:
+            p.append(f"--num-shards {self.num_shards!r} must be between 1 and 1000")
+        if not isinstance(self.workers, int) or not 1 <= self.workers <= 256:
+            p.append(f"--workers {self.workers!r} must be between 1 and 256")
+        if not self.jsonl_field:
+            p.append("--jsonl-field must not be empty")
+        if not self.patterns:
+            p.append("--pattern: give at least one file name pattern, e.g. '*.txt'")
+        return p
+
+    def params(self) -> dict:
+        """The parameters that shape the output (they enter the dataset_id)."""
+        return {"seq_length": self.seq_length, "eval_fraction": float(self.eval_fraction), "seed": self.seed,
+                "vocab_size": self.vocab_size if self.tokenizer is None else None,
+                "tokenizer_type": self.tokenizer_type if self.tokenizer is None else None,
+                "max_sentences": self.max_sentences if self.tokenizer is None else None,
+                "patterns": list(self.patterns), "jsonl_field": self.jsonl_field, "num_shards": self.num_shards}
+
+
+@dataclass
+class PrepareResult:
+    """What `prepare` did."""
+
+    status: str  # "created", "replaced" or "up_to_date"
+    output: Path
+    dataset_id: str
+    manifest: dict
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def train_samples(self) -> int:
+        return self.manifest["splits"]["train"]["samples"]
+
+    @property
+    def eval_samples(self) -> int:
+        return self.manifest["splits"]["eval"]["samples"]
+
+    @property
+    def tokens(self) -> int:
+        return sum(self.manifest["splits"][s]["tokens"] for s in mf.SPLITS)
+
+
+def prepare(spec: PrepareSpec) -> PrepareResult:
+    """Build (or confirm up to date) the dataset described by spec."""
+    start = time.perf_counter()
+    out = Path(spec.output).expanduser()
+    problems = spec.problems()
+    files, found = sources.discover(spec.inputs, spec.patterns)
+    problems += found
+    problems += _output_problems(out, spec.force)
+    problems += _tokenizer_problems(spec)
+    ConfigError.raise_if(problems, where="data prepare")
+
+    corpus = sources.read_corpus(files, spec.jsonl_field)
+    dataset_id = _dataset_id(corpus, spec)
+    existing = _existing(out)
+    if existing is not None and existing.get("dataset_id") == dataset_id and not mf.verify(out, existing):
+        return PrepareResult("up_to_date", out, dataset_id, existing, corpus.warnings,
+                             time.perf_counter() - start)
+
+    remove_stale_staging(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staged = staging_dir(out)
+    try:
+        manifest = _build(staged, corpus, spec, dataset_id)
+        fsync_tree(staged)
+        status = "replaced" if out.exists() else "created"
+        publish_dir(staged, out)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return PrepareResult(status, out, dataset_id, manifest, corpus.warnings, time.perf_counter() - start)
+
+
+def _output_problems(out: Path, force: bool) -> list[str]:
+    if out.exists() and not out.is_dir():
+        return [f"--output {out} is a file, not a folder; choose another path"]
+    if out.is_dir() and any(out.iterdir()) and not mf.is_dataset(out) and not force:
+        return [f"--output {out} holds other files (not an mftasks dataset); choose an empty or new folder, "
+                "or pass --force to replace it"]
+    parent = next((p for p in [out, *out.parents] if p.exists()), None)
+    if parent is not None and not _writable(parent):
+        return [f"--output {out}: {parent} is not writable"]
+    return []
+
+
+def _tokenizer_problems(spec: PrepareSpec) -> list[str]:
+    if not spec.tokenizer or not Path(spec.tokenizer).is_file():
+        return []
+    try:
+        tok.check_usable(tok.load(spec.tokenizer), f"--tokenizer {spec.tokenizer}")
+    except DataError as exc:
+        return [str(exc)]
+    return []
+
+
+def _writable(path: Path) -> bool:
+    import os
+    return os.access(path, os.W_OK | os.X_OK)
+
+
+def _existing(out: Path) -> dict | None:
+    try:
+        return mf.read(out)
+    except DataError:
+        return None
+
+
+def _dataset_id(corpus: sources.Corpus, spec: PrepareSpec) -> str:
+    tokenizer = {"sha256": sha256_file(spec.tokenizer)} if spec.tokenizer else {"trained": True}
+    return sha256_json({"format_version": mf.FORMAT_VERSION,
+                        "sources": [[s.sha256, s.size, s.kind] for s in corpus.sources],
+                        "params": spec.params(), "tokenizer": tokenizer})
+
+
+def _build(staged: Path, corpus: sources.Corpus, spec: PrepareSpec, dataset_id: str) -> dict:
+    documents = corpus.documents
+    if spec.tokenizer:
+        model_proto = Path(spec.tokenizer).read_bytes()
+    else:
+        model_proto = tok.train(documents, spec.vocab_size, spec.tokenizer_type, spec.seed, spec.max_sentences)
+    sp = tok.load(model_proto if not spec.tokenizer else spec.tokenizer)
+    tok.check_usable(sp, spec.tokenizer or "trained tokenizer")
+    info = tok.describe(sp)
+
+    token_docs = packing.tokenize(documents, model_proto, spec.workers)
+    train_idx, eval_idx = packing.split_documents(len(documents), spec.eval_fraction, spec.seed)
+    splits = {"train": packing.pack(token_docs, train_idx, spec.seq_length, info.eos_id),
+              "eval": packing.pack(token_docs, eval_idx, spec.seq_length, info.eos_id)}
+    _check_enough(splits, spec)
+
+    if spec.tokenizer:
+        copy_durable(spec.tokenizer, staged / TOKENIZER_FILE)
+    else:
+        (staged / TOKENIZER_FILE).write_bytes(model_proto)
+    split_entries = {}
+    for name, packed in splits.items():
+        files = shards.write_split(packed.samples, staged / name, name, spec.num_shards) if len(packed.samples) else []
+        split_entries[name] = {"documents": packed.documents, "samples": int(len(packed.samples)),
+                               "tokens": packed.tokens, "dropped_tokens": packed.dropped_tokens, "shards": files}
+    manifest = {
+        "format": mf.FORMAT, "format_version": mf.FORMAT_VERSION, "dataset_id": dataset_id,
+        "created_by": f"mftasks {__version__}",
+        "seq_length": spec.seq_length, "sample_length": spec.seq_length + 1,
+        "columns": shards.SCHEMA,
+        "tokenizer": {"file": TOKENIZER_FILE, "size": (staged / TOKENIZER_FILE).stat().st_size,
+                      "sha256": sha256_file(staged / TOKENIZER_FILE), "trained": spec.tokenizer is None,
+                      "source": str(Path(spec.tokenizer).resolve()) if spec.tokenizer else None, **info.to_manifest()},
+        "sources": [s.to_manifest() for s in corpus.sources],
+        "params": spec.params(),
+        "run": {"workers": spec.workers},  # does not change the output
+        "splits": split_entries,
+    }
+    atomic_write_json(staged / mf.MANIFEST, manifest)
+    return manifest
+
+
+def _check_enough(splits: dict[str, packing.PackedSplit], spec: PrepareSpec) -> None:
+    problems = []
+    width = spec.seq_length + 1
+    if len(splits["train"].samples) == 0:
+        problems.append(f"the train split has {splits['train'].tokens} tokens, fewer than one sample of "
+                        f"seq_length + 1 = {width}; add text or lower --seq-length")
+    if spec.eval_fraction > 0 and len(splits["eval"].samples) == 0:
+        problems.append(f"the eval split has {splits['eval'].tokens} tokens, fewer than one sample of {width}; "
+                        "raise --eval-fraction, lower --seq-length, or pass --eval-fraction 0")
+    if problems:
+        raise DataError("not enough text:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def spec_dict(spec: PrepareSpec) -> dict:
+    return asdict(spec)

@@ -1,0 +1,46 @@
+"""Project exceptions: one class per failure mode, under one base.
+
+Every message says what is wrong, where it was set and how to fix it.  Validators collect all
+problems first and raise once with the whole list (see `ConfigError.from_problems`).
+"""
+from __future__ import annotations
+
+
+class MftasksError(Exception):
+    """Base class of every error mftasks raises on purpose."""
+
+
+class ConfigError(MftasksError, ValueError):
+    """A configuration value (argument, YAML key, CLI flag) is invalid."""
+
+    def __init__(self, problems: list[str] | str, where: str | None = None):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        self.where = where
+        head = f"invalid configuration in {where}" if where else "invalid configuration"
+        if len(self.problems) == 1:
+            msg = f"{head}: {self.problems[0]}"
+        else:
+            msg = head + f" ({len(self.problems)} problems):\n" + "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(msg)
+
+    @staticmethod
+    def raise_if(problems: list[str], where: str | None = None) -> None:
+        """Raise one ConfigError listing every problem, if there are any."""
+        if problems:
+            raise ConfigError(problems, where)
+
+
+class DataError(MftasksError):
+    """Input data (corpus, dataset folder, manifest, shard) is missing, malformed or corrupt."""
+
+
+class OutputExistsError(MftasksError):
+    """An output location holds something we must not overwrite."""
+
+
+class DeviceError(MftasksError):
+    """The requested device (Ascend, GPU) is not available on this machine."""
+
+
+class CheckpointError(MftasksError):
+    """A checkpoint is missing, incomplete, corrupt or does not fit the model."""
