@@ -1,0 +1,59 @@
+"""Shared fixtures: a small deterministic corpus and one prepared dataset reused across tests."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GLOG_v", "3")
+
+from mftasks.data import PrepareSpec, demo_corpus, prepare  # noqa: E402
+
+TINY_SEQ = 64  # the gpt2_tiny preset's context length
+
+
+def write_corpus(folder: Path, max_bytes: int = 120_000) -> Path:
+    """A folder of text files (paragraph documents) plus a nested folder and a markdown file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    docs = list(demo_corpus.stdlib_docstrings(max_bytes))
+    third = len(docs) // 3
+    (folder / "a.txt").write_text("\n\n".join(docs[:third]) + "\n", encoding="utf-8")
+    (folder / "nested").mkdir(exist_ok=True)
+    (folder / "nested" / "b.txt").write_text("\n\n".join(docs[third:2 * third]) + "\n", encoding="utf-8")
+    (folder / "c.md").write_text("\n\n".join(docs[2 * third:]) + "\n", encoding="utf-8")
+    return folder
+
+
+def write_qa(path: Path, n: int = 1500, seed: int = 7) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for q, a in demo_corpus.qa_pairs_of(seed, n):
+            f.write(json.dumps({"text": f"Question: {q}\nAnswer: {a}"}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory, corpus_dir) -> Path:
+    """A prepared dataset (vocab 300, seq_length 64) shared by data, trainer and pipeline tests."""
+    out = tmp_path_factory.mktemp("datasets") / "pretrain"
+    prepare(PrepareSpec(inputs=[str(corpus_dir)], output=str(out), vocab_size=300, seq_length=TINY_SEQ,
+                        eval_fraction=0.1))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_finetune_dataset(tmp_path_factory, tiny_dataset) -> Path:
+    """Question/answer data tokenized with the pretraining tokenizer."""
+    root = tmp_path_factory.mktemp("finetune")
+    qa = write_qa(root / "qa.jsonl")
+    out = root / "dataset"
+    prepare(PrepareSpec(inputs=[str(qa)], output=str(out), tokenizer=str(tiny_dataset / "tokenizer.model"),
+                        seq_length=TINY_SEQ, eval_fraction=0.1))
+    return out
