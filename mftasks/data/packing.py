@@ -5,7 +5,9 @@ samples of `seq_length + 1` tokens (the label shift takes one), and the incomple
 """
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +37,7 @@ def tokenize(documents: list[str], model_proto: bytes, workers: int) -> list[np.
         _init_worker(model_proto)
         encoded = [_encode_chunk(c) for c in chunks]
     else:
-        ctx = mp.get_context("spawn")  # never fork a process that may hold MindSpore threads
+        ctx = mp.get_context(_start_method())
         with ctx.Pool(processes=min(workers, len(chunks)), initializer=_init_worker,
                       initargs=(model_proto,)) as pool:
             encoded = pool.map(_encode_chunk, chunks, chunksize=1)
@@ -48,6 +50,11 @@ def tokenize(documents: list[str], model_proto: bytes, workers: int) -> list[np.
 _SP = None
 
 
+def _start_method() -> str:
+    """fork is fast, but never fork a process that has MindSpore's threads running: spawn then."""
+    return "spawn" if "mindspore" in sys.modules else "fork"
+
+
 def _init_worker(model_proto: bytes) -> None:
     global _SP
     _SP = tok.load(model_proto)
@@ -56,7 +63,7 @@ def _init_worker(model_proto: bytes) -> None:
 def _encode_chunk(docs: list[str]) -> tuple[np.ndarray, np.ndarray]:
     ids = _SP.encode(docs, num_threads=1)
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-    flat = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(lengths.sum()))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
     return flat, lengths
 
 
