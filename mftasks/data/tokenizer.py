@@ -78,7 +78,7 @@ def train(documents: list[str], vocab_size: int, model_type: str, seed: int, max
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(lines), model_writer=buf, vocab_size=vocab_size, model_type=model_type,
-            pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, character_coverage=0.9995,
+            pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, character_coverage=1.0,
             split_digits=True, input_sentence_size=0, shuffle_input_sentence=False,
             max_sentence_length=16384, minloglevel=2, num_threads=1)
     except RuntimeError as exc:

@@ -1,0 +1,199 @@
+"""Checkpoints as MindFormers lays them out, each vouched for by a manifest written last.
+
+    OUTPUT/checkpoint/rank_N/<prefix>_rank_N-<epoch>_<step>.ckpt
+    OUTPUT/checkpoint/rank_N/<prefix>_rank_N-<epoch>_<step>.manifest.json   (written last, atomically)
+    OUTPUT/checkpoint/rank_N/meta.json                                       (last epoch/step/file)
+
+A reader trusts a `.ckpt` only if its manifest exists and the file's size and sha256 match it.
+`save_total_limit` retention counts verified checkpoints of one prefix and never deletes the newest.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CheckpointError
+from .files import atomic_write_json, fsync_path, sha256_file
+
+log = logging.getLogger("mftasks.checkpoint")
+
+FORMAT = "mftasks-checkpoint"
+FORMAT_VERSION = 1
+MANIFEST_SUFFIX = ".manifest.json"
+KINDS = ("full", "lora_adapter")
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A checkpoint file and what its manifest says about it."""
+
+    path: Path
+    manifest: dict
+
+    @property
+    def manifest_path(self) -> Path:
+        return manifest_path_of(self.path)
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["kind"]
+
+    @property
+    def global_step(self) -> int:
+        return self.manifest["global_step"]
+
+    @property
+    def sha256(self) -> str:
+        return self.manifest["sha256"]
+
+    def reference(self) -> dict:
+        """How another manifest points at this checkpoint (lineage)."""
+        return {"path": str(self.path.resolve()), "sha256": self.sha256, "kind": self.kind,
+                "global_step": self.global_step}
+
+
+def rank_dir(output_dir: str | Path, rank: int) -> Path:
+    return Path(output_dir) / "checkpoint" / f"rank_{rank}"
+
+
+def manifest_path_of(ckpt: Path) -> Path:
+    return ckpt.with_name(ckpt.name.removesuffix(".ckpt") + MANIFEST_SUFFIX)
+
+
+def file_name(prefix: str, rank: int, epoch: int, step_in_epoch: int) -> str:
+    return f"{prefix}_rank_{rank}-{epoch}_{step_in_epoch}.ckpt"
+
+
+def save(cell, output_dir: str | Path, rank: int, prefix: str, epoch: int, step_in_epoch: int,
+         manifest: dict, choice_func=None, save_total_limit: int | None = None) -> CheckpointInfo:
+    """Save `cell`'s parameters (optionally filtered by name) and commit the manifest last."""
+    import mindspore as ms
+
+    folder = rank_dir(output_dir, rank)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / file_name(prefix, rank, epoch, step_in_epoch)
+    tmp = folder / f".{final.stem}.tmp-{os.getpid()}.ckpt"
+    try:
+        ms.save_checkpoint(cell, str(tmp), choice_func=choice_func)
+        fsync_path(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_path(folder)
+    body = {"format": FORMAT, "format_version": FORMAT_VERSION, "file": final.name, "rank": rank,
+            "epoch": epoch, "step_in_epoch": step_in_epoch, "size": final.stat().st_size,
+            "sha256": sha256_file(final), "created": time.time(), **manifest}
+    atomic_write_json(manifest_path_of(final), body)
+    atomic_write_json(folder / "meta.json", {"last_epoch": epoch, "last_step": step_in_epoch,
+                                             "last_ckpt_file": final.name, "global_step": body["global_step"]})
+    info = CheckpointInfo(final, body)
+    if save_total_limit:
+        apply_retention(folder, prefix, save_total_limit)
+    return info
+
+
+def read_manifest(ckpt: str | Path) -> dict:
+    """The manifest beside a checkpoint file; CheckpointError when missing or unreadable."""
+    ckpt = Path(ckpt)
+    mpath = manifest_path_of(ckpt)
+    if not mpath.is_file():
+        raise CheckpointError(f"{ckpt}: no manifest ({mpath.name}) beside it, so nothing vouches for it "
+                              "(a partial write, or not written by mftasks); use a checkpoint that has one")
+    try:
+        m = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{mpath}: unreadable manifest ({exc})") from None
+    if m.get("format") != FORMAT or m.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{mpath}: not an mftasks checkpoint manifest of version {FORMAT_VERSION}")
+    return m
+
+
+def verify(ckpt: str | Path, hashes: bool = True) -> list[str]:
+    """Problems with a checkpoint file against its manifest (empty list: verified).
+
+    hashes=False checks presence and size only (cheap; used by retention)."""
+    ckpt = Path(ckpt)
+    try:
+        m = read_manifest(ckpt)
+    except CheckpointError as exc:
+        return [str(exc)]
+    if not ckpt.is_file():
+        return [f"{ckpt}: missing"]
+    size = ckpt.stat().st_size
+    if size != m["size"]:
+        return [f"{ckpt}: {size} bytes, manifest says {m['size']} (truncated or changed)"]
+    if hashes and sha256_file(ckpt) != m["sha256"]:
+        return [f"{ckpt}: sha256 does not match its manifest (corrupted or changed)"]
+    return []
+
+
+def load_verified(ckpt: str | Path) -> CheckpointInfo:
+    """A checkpoint the caller named: verified, or CheckpointError saying what is wrong."""
+    ckpt = Path(ckpt)
+    if not ckpt.exists():
+        raise CheckpointError(f"checkpoint {ckpt} does not exist")
+    if ckpt.is_dir():
+        info, warnings = newest_verified(ckpt)
+        for w in warnings:
+            log.warning(w)
+        if info is None:
+            raise CheckpointError(f"{ckpt}: no verified checkpoint in this folder")
+        return info
+    problems = verify(ckpt)
+    if problems:
+        raise CheckpointError("; ".join(problems))
+    return CheckpointInfo(ckpt, read_manifest(ckpt))
+
+
+def listing(folder: str | Path) -> list[CheckpointInfo]:
+    """Every checkpoint with a readable manifest in a rank folder (or an output dir's rank_0), oldest first."""
+    folder = _as_rank_folder(Path(folder))
+    infos = []
+    if not folder.is_dir():
+        return infos
+    for mpath in folder.glob(f"*{MANIFEST_SUFFIX}"):
+        ckpt = mpath.with_name(mpath.name.removesuffix(MANIFEST_SUFFIX) + ".ckpt")
+        try:
+            infos.append(CheckpointInfo(ckpt, read_manifest(ckpt)))
+        except CheckpointError:
+            continue
+    return sorted(infos, key=lambda i: (i.manifest["created"], i.global_step))
+
+
+def newest_verified(folder: str | Path, kind: str | None = None, prefix: str | None = None
+                    ) -> tuple[CheckpointInfo | None, list[str]]:
+    """The newest checkpoint whose file matches its manifest, and a warning for each newer one skipped."""
+    warnings = []
+    for info in reversed(listing(folder)):
+        if kind is not None and info.kind != kind:
+            continue
+        if prefix is not None and info.manifest.get("prefix") != prefix:
+            continue
+        problems = verify(info.path)
+        if not problems:
+            return info, warnings
+        warnings.append(f"skipping checkpoint {info.path.name}: {problems[0]}; falling back to an older one")
+    return None, warnings
+
+
+def apply_retention(folder: Path, prefix: str, limit: int) -> list[Path]:
+    """Delete the oldest verified checkpoints of `prefix` beyond `limit`; never the newest verified."""
+    verified = [i for i in listing(folder) if i.manifest.get("prefix") == prefix
+                and not verify(i.path, hashes=False)]
+    removed = []
+    for info in verified[:-limit] if limit < len(verified) else []:
+        info.manifest_path.unlink(missing_ok=True)  # the manifest first: a reader never trusts a half-deleted set
+        info.path.unlink(missing_ok=True)
+        removed.append(info.path)
+    return removed
+
+
+def _as_rank_folder(folder: Path) -> Path:
+    if (folder / "checkpoint").is_dir():
+        return rank_dir(folder, 0)
+    return folder
