@@ -1,0 +1,319 @@
+"""The YAML run configuration: MindFormers' run_*.yaml, but flat and typed (no `type:` registry).
+
+A run file has these top-level keys (all optional; defaults below):
+
+    run_mode: train            # train | finetune | eval | predict
+    seed: 42                   # one seed for everything (training.seed is taken from here)
+    output_dir: ./output       # likewise training.output_dir
+    load_checkpoint: null      # weights to start from
+    use_parallel: false        # true only under `mftasks launch` / msrun
+    context: {...}             # ContextConfig
+    parallel: {...}            # ParallelContextConfig
+    parallel_config: {...}     # ParallelConfig (data/model/pipeline split)
+    model: {model_type: gpt2, n_layer: ..., ...}
+    pet: {pet_method: lora, lora_rank: 64, ...}
+    training: {...}            # TrainingArguments
+    train_dataset: null
+    eval_dataset: null
+    predict: {max_new_tokens: 32, ...}
+
+`load_run_config` reports every unknown key (with its dotted path, the file and the closest valid
+name) and every bad value in one ConfigError.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mftasks.context import ContextConfig, ParallelConfig, ParallelContextConfig, check_parallel_setup
+from mftasks.errors import ConfigError
+from mftasks.training_args import (
+    TrainingArguments, TypedConfig, _Checks, _from_text, _join, _plain, _type_name, _type_ok, _wants_float,
+    unknown_key_problem,
+)
+
+__all__ = ["FLAG_KEYS", "MODEL_KEYS", "PET_KEYS", "PREDICT_KEYS", "RUN_MODES", "RunConfig", "load_run_config"]
+
+RUN_MODES = ("train", "finetune", "eval", "predict")
+PET_METHODS = ("", "lora")
+
+FLAG_KEYS = {
+    "pet_method": "pet.pet_method",
+    "model_type": "model.model_type",
+    "device_target": "context.device_target",
+    "device_id": "context.device_id",
+    "data_parallel": "parallel_config.data_parallel",
+    "model_parallel": "parallel_config.model_parallel",
+    "pipeline_parallel": "parallel_config.pipeline_stage",
+    "pipeline_stage": "parallel_config.pipeline_stage",
+    "micro_size": "parallel_config.micro_batch_num",
+    "optimizer_parallel": "parallel.enable_parallel_optimizer",
+}
+"""MindFormers command-line flag names accepted as override keys, and the dotted key each sets.
+(Top-level keys such as run_mode, train_dataset, eval_dataset, load_checkpoint need no mapping.)"""
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class _Key:
+    """One key of a plain-dict section: its type, its range check and its default."""
+
+    hint: Any
+    test: Callable[[Any], bool] = lambda v: True
+    requirement: str = ""
+    default: Any = _MISSING
+
+
+def _pos(v: Any) -> bool:
+    return v >= 1
+
+
+def _prob(v: Any) -> bool:
+    return 0 <= v < 1
+
+
+MODEL_KEYS = {
+    "model_type": _Key(str, bool, "must name a model preset such as 'gpt2' or 'gpt2_tiny'"),
+    "n_layer": _Key(int, _pos, "must be >= 1"),
+    "n_embd": _Key(int, _pos, "must be >= 1"),
+    "n_head": _Key(int, _pos, "must be >= 1"),
+    "seq_length": _Key(int, _pos, "must be >= 1"),
+    "dropout": _Key(float, _prob, "must be in [0, 1)"),
+    "attention_dropout": _Key(float, _prob, "must be in [0, 1)"),
+}
+"""The model section: a preset name plus optional overrides (the preset table lives in mftasks.model)."""
+
+PET_KEYS = {
+    "pet_method": _Key(str | None, lambda v: v in PET_METHODS, "must be '' (full fine-tuning) or 'lora'", ""),
+    "lora_rank": _Key(int, _pos, "must be >= 1", 64),
+    "lora_alpha": _Key(float, lambda v: v > 0, "must be > 0", 128.0),
+    "lora_dropout": _Key(float, _prob, "must be in [0, 1)", 0.1),
+    "lora_targets": _Key(list[str] | None, lambda v: v is None or len(v) > 0,
+                         "must be a non-empty list of layer names, or null for the model's default "
+                         "(query and value projections)", None),
+}
+
+PREDICT_KEYS = {
+    "max_new_tokens": _Key(int, _pos, "must be >= 1", 32),
+    "do_sample": _Key(bool, default=False),
+    "top_k": _Key(int, lambda v: v >= 0, "must be >= 0 (0 = off)", 0),
+    "top_p": _Key(float, lambda v: 0 < v <= 1, "must be in (0, 1]", 1.0),
+    "temperature": _Key(float, lambda v: v > 0, "must be > 0", 1.0),
+    "repetition_penalty": _Key(float, lambda v: v > 0, "must be > 0 (1.0 = off)", 1.0),
+}
+
+_DICT_SECTIONS = {"model": MODEL_KEYS, "pet": PET_KEYS, "predict": PREDICT_KEYS}
+_CLASS_SECTIONS = {"context": ContextConfig, "parallel": ParallelContextConfig,
+                   "parallel_config": ParallelConfig, "training": TrainingArguments}
+_TOP_LEVEL_ONLY = ("seed", "output_dir")  # set once at the top, copied into training
+
+
+def _check_dict(name: str, data: Mapping[str, Any], spec: dict[str, _Key]) -> tuple[dict[str, Any], list[str]]:
+    """Validate a plain-dict section against `spec`; returns the normalised dict (defaults filled)."""
+    out, problems = {}, []
+    for key, value in data.items():
+        if key not in spec:
+            problems.append(unknown_key_problem(key, spec, path=name))
+            continue
+        k = spec[key]
+        value = _from_text(value, k.hint)
+        if not _type_ok(value, k.hint):
+            problems.append(f"{name}.{key}={value!r}: expected {_type_name(k.hint)}, got {type(value).__name__}")
+            continue
+        if isinstance(value, int) and not isinstance(value, bool) and _wants_float(k.hint):
+            value = float(value)
+        if isinstance(value, tuple):
+            value = list(value)
+        if key == "pet_method":
+            value = (value or "").lower()
+        if not k.test(value):
+            problems.append(f"{name}.{key}={value!r}: {k.requirement}")
+        out[key] = value
+    for key, k in spec.items():
+        if key not in out and key not in data and k.default is not _MISSING:
+            out[key] = copy.copy(k.default)
+    return out, problems
+
+
+@dataclass(frozen=True)
+class RunConfig(TypedConfig):
+    """Everything one run needs, validated as a whole."""
+
+    run_mode: str = "train"
+    """train | finetune | eval | predict."""
+    seed: int = 42
+    """Seed for everything; copied into training.seed."""
+    output_dir: str = "./output"
+    """Folder for checkpoints, logs and the resolved config; copied into training.output_dir."""
+    load_checkpoint: str | None = None
+    """Checkpoint (file or folder) whose weights the run starts from."""
+    use_parallel: bool = False
+    """Run as one rank of a cluster started by `mftasks launch` / msrun."""
+    context: ContextConfig = field(default_factory=ContextConfig)
+    parallel: ParallelContextConfig = field(default_factory=ParallelContextConfig)
+    parallel_config: ParallelConfig = field(default_factory=ParallelConfig)
+    model: dict = field(default_factory=lambda: {"model_type": "gpt2"})
+    """Preset name (`model_type`) plus optional overrides; keys in MODEL_KEYS."""
+    pet: dict = field(default_factory=dict)
+    """Parameter-efficient tuning: pet_method '' or 'lora' and the lora_* settings (PET_KEYS)."""
+    training: TrainingArguments = field(default_factory=TrainingArguments)
+    train_dataset: str | None = None
+    """Training data folder or file."""
+    eval_dataset: str | None = None
+    """Evaluation data folder or file."""
+    predict: dict = field(default_factory=dict)
+    """Generation settings for run_mode predict (PREDICT_KEYS)."""
+
+    def _check(self, c: _Checks) -> None:
+        c.require("run_mode", lambda v: v in RUN_MODES, f"must be one of {', '.join(RUN_MODES)}")
+        c.require("seed", lambda v: v >= 0, "must be >= 0")
+        c.require("output_dir", bool, "must be a non-empty path")
+        for name in ("load_checkpoint", "train_dataset", "eval_dataset"):
+            c.require(name, lambda v: v is None or bool(v), "must be a path or null")
+        for name, spec in _DICT_SECTIONS.items():
+            if c.ok(name):
+                section, problems = _check_dict(name, getattr(self, name), spec)
+                if name == "pet" and section.get("pet_method") != "lora":  # lora_* defaults only for LoRA
+                    section = {k: v for k, v in section.items() if k == "pet_method" or k in self.pet}
+                c.set(name, section)
+                c.problems.extend(problems)
+        if c.ok("model") and "model_type" not in self.model:
+            c.problem("model.model_type: missing; name a model preset such as 'gpt2' or 'gpt2_tiny'")
+        if c.ok("use_parallel", "context", "parallel", "parallel_config"):
+            c.problems.extend(check_parallel_setup(self.use_parallel, self.parallel, self.parallel_config,
+                                                   self.context.device_target))
+        if not c.problems and c.ok("training"):  # one seed and one output folder for the whole run
+            c.set("training", self.training.replace(seed=self.seed, output_dir=self.output_dir))
+
+    @property
+    def pet_method(self) -> str:
+        """'' (no PET) or 'lora'."""
+        return self.pet.get("pet_method", "")
+
+    @classmethod
+    def build(cls, data: Mapping[str, Any] | None, *, where: str, path: str = ""):
+        """Build from nested dicts; returns `(RunConfig or None, problems)` with dotted paths."""
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            return None, [f"expected a mapping of top-level keys, got {type(data).__name__}"]
+        names, kwargs, problems = cls.field_names(), {}, []
+        for key, value in data.items():
+            if key not in names:
+                problems.append(unknown_key_problem(key, names, path=path, where=where))
+            elif key in _CLASS_SECTIONS:
+                if key == "training" and isinstance(value, Mapping):
+                    value = _without_top_level_keys(value, problems)
+                obj, section_problems = _CLASS_SECTIONS[key].build(value, where=where, path=_join(path, key))
+                problems += section_problems
+                if obj is not None:
+                    kwargs[key] = obj
+            elif key in _DICT_SECTIONS:
+                kwargs[key] = _known_keys(key, value, _DICT_SECTIONS[key], where, problems)
+            else:
+                kwargs[key] = value
+        try:
+            return cls(**kwargs), problems
+        except ConfigError as e:
+            return None, problems + [_join(path, p) for p in e.problems]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dict that `RunConfig.from_dict` reads back (training omits seed/output_dir)."""
+        out = {}
+        for name in self.field_names():
+            value = getattr(self, name)
+            out[name] = value.to_dict() if isinstance(value, TypedConfig) else _plain(copy.deepcopy(value))
+        for key in _TOP_LEVEL_ONLY:
+            out["training"].pop(key)
+        return out
+
+    def to_yaml(self) -> str:
+        """The resolved configuration as YAML (to save beside the outputs)."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _without_top_level_keys(training: Mapping[str, Any], problems: list[str]) -> dict[str, Any]:
+    for key in _TOP_LEVEL_ONLY:
+        if key in training:
+            problems.append(f"training.{key}={training[key]!r}: set '{key}' at the top level of the run config "
+                            f"(training.{key} is copied from there)")
+    return {k: v for k, v in training.items() if k not in _TOP_LEVEL_ONLY}
+
+
+def _known_keys(name: str, value: Any, spec: dict[str, _Key], where: str, problems: list[str]) -> Any:
+    """Drop (and report, naming `where`) unknown keys of a plain-dict section; None reads as {}."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        return value  # RunConfig reports the wrong type
+    for key in value:
+        if key not in spec:
+            problems.append(unknown_key_problem(key, spec, path=name, where=where))
+    return {k: v for k, v in value.items() if k in spec}
+
+
+def _section_keys(section: str) -> list[str] | None:
+    if section in _CLASS_SECTIONS:
+        cls = _CLASS_SECTIONS[section]
+        return [*cls.field_names(), *cls.ALIASES]
+    if section in _DICT_SECTIONS:
+        return list(_DICT_SECTIONS[section])
+    return None
+
+
+def _apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> list[str]:
+    """Set dotted keys (`training.learning_rate`) or flag names (`pet_method`) in `data`, in place.
+    None values mean "not given" and are skipped. Returns problems for keys that do not exist."""
+    problems, top = [], RunConfig.field_names()
+    for raw_key, value in overrides.items():
+        if value is None:
+            continue
+        key = FLAG_KEYS.get(raw_key, raw_key)
+        head, _, rest = key.partition(".")
+        if head not in top:
+            problems.append(unknown_key_problem(head, [*top, *FLAG_KEYS], where="overrides"))
+            continue
+        keys = _section_keys(head)
+        if keys is None and rest:
+            problems.append(f"override {raw_key!r}: '{head}' is a single value, not a section; use '{head}'")
+        elif keys is not None and (not rest or "." in rest or rest not in keys):
+            if rest and "." not in rest:
+                problems.append(unknown_key_problem(rest, keys, path=head, where="overrides"))
+            else:
+                problems.append(f"override {raw_key!r}: '{head}' is a section; name one key as '{head}.<key>'")
+        elif not rest:
+            data[head] = value
+        else:
+            section = data.get(head)
+            if section is None:
+                section = data[head] = {}
+            if isinstance(section, dict):
+                section[rest] = value
+    return problems
+
+
+def load_run_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> RunConfig:
+    """Read a run YAML, apply `overrides` (dotted keys or FLAG_KEYS names; None values skipped) and
+    validate. Raises one ConfigError (where = the file path) listing every problem."""
+    where, file = str(path), Path(path)
+    if not file.is_file():
+        raise ConfigError([f"run config file not found: {where} (resolved to {file.resolve()}); check the path, "
+                           "e.g. configs/gpt2/run_gpt2_tiny.yaml"], where=where)
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError([f"not valid YAML: {e}"], where=where) from e
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"the file must hold a mapping of top-level keys, got {type(data).__name__}"], where)
+    problems = _apply_overrides(data, overrides or {})
+    config, build_problems = RunConfig.build(data, where=where)
+    ConfigError.raise_if(problems + build_problems, where=where)
+    return config

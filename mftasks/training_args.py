@@ -1,0 +1,348 @@
+"""Training hyperparameters with MindFormers' names (`TrainingArguments`), validated up front.
+
+Users coming from MindFormers write `TrainingArguments(num_train_epochs=1, batch_size=2,
+learning_rate=0.001, warmup_steps=100, sink_mode=True, sink_size=2)`; that works unchanged here.
+Every field is checked in `__post_init__`; all problems are collected and raised as one
+`ConfigError` whose messages each name the field, the bad value and the valid range.
+
+This module also holds `TypedConfig`, the small base shared by the config dataclasses of
+`mftasks.context` (type checks from annotations, `from_dict` that refuses unknown keys with a
+"did you mean" suggestion, `replace`, `to_dict`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from mftasks.errors import ConfigError
+
+__all__ = [
+    "LR_SCHEDULERS", "OPTIMIZERS", "SAVE_STRATEGIES", "TrainingArguments", "TypedConfig",
+    "unknown_key_problem",
+]
+
+LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial")
+OPTIMIZERS = ("adamw",)
+_OPTIM_ALIASES = {"adamw": "adamw", "adamweightdecay": "adamw", "fp32_adamw": "adamw",
+                  "fusedadamweightdecay": "adamw"}
+SAVE_STRATEGIES = ("steps", "epoch", "no")
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared machinery for typed config dataclasses
+# ----------------------------------------------------------------------------------------------
+
+def unknown_key_problem(key: Any, valid: Iterable[str], *, path: str = "", where: str | None = None) -> str:
+    """Message for a key that is not a field: names the key, its dotted path, `where`, and the
+    closest valid name (or lists the valid ones when nothing is close)."""
+    valid = sorted(valid)
+    at = f" at {path}.{key}" if path else ""
+    loc = f" in {where}" if where else ""
+    close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+    return f"unknown key '{key}'{at}{loc}{hint}"
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:  # an int is a fine float; a bool is not
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin in (list, tuple):
+        (item, *_) = typing.get_args(hint) or (Any,)
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, item) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "None"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _wants_float(hint: Any) -> bool:
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return float in args and int not in args
+
+
+class _Checks:
+    """Collects problems for one config object; skips fields whose type is already wrong."""
+
+    def __init__(self, obj: Any, skip: set[str]):
+        self.obj, self.skip, self.problems = obj, skip, []
+
+    def ok(self, *names: str) -> bool:
+        """True when every named field has the right type (so range checks may read it)."""
+        return not any(n in self.skip for n in names)
+
+    def require(self, name: str, test: Callable[[Any], bool], requirement: str) -> None:
+        """Record `name=value: requirement` unless `test(value)` holds."""
+        if self.ok(name):
+            value = getattr(self.obj, name)
+            if not test(value):
+                self.problems.append(f"{name}={value!r}: {requirement}")
+
+    def problem(self, message: str) -> None:
+        """Record a cross-field problem; the message must start with a field name."""
+        self.problems.append(message)
+
+    def set(self, name: str, value: Any) -> None:
+        """Store a normalised value on the (frozen) dataclass."""
+        object.__setattr__(self.obj, name, value)
+
+
+class TypedConfig:
+    """Base for frozen config dataclasses: checks each field against its annotation, then calls
+    `_check(checks)` for ranges and cross-field rules, and raises one ConfigError with every
+    problem. Problem messages start with the field name so callers can prefix a dotted path."""
+
+    ALIASES: ClassVar[dict[str, str]] = {}
+    """Accepted alternative key names in `from_dict` (alias -> field)."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        checks = _Checks(self, set())
+        for f in dataclasses.fields(self):
+            value, hint = getattr(self, f.name), hints[f.name]
+            if not _type_ok(value, hint):
+                checks.skip.add(f.name)
+                checks.problem(f"{f.name}={value!r}: expected {_type_name(hint)}, got {type(value).__name__}")
+            elif _wants_float(hint) and isinstance(value, int):
+                checks.set(f.name, float(value))
+        self._check(checks)
+        ConfigError.raise_if(checks.problems, where=type(self).__name__)
+
+    def _check(self, c: _Checks) -> None:
+        """Range and cross-field checks; subclasses override."""
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of every field (YAML/JSON friendly)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None, where: str | None = None):
+        """Build from a mapping; unknown keys and bad values are all reported in one ConfigError."""
+        where = where or cls.__name__
+        obj, problems = cls.build(data, where=where)
+        ConfigError.raise_if(problems, where=where)
+        return obj
+
+    @classmethod
+    def build(cls, data: Mapping[str, Any] | None, *, where: str, path: str = ""):
+        """Like `from_dict` but returns `(obj or None, problems)`; problems carry `path.` prefixes.
+        Numeric strings for float fields (YAML reads `1e-4` as a string) are converted."""
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            return None, [f"{path or cls.__name__}: expected a mapping of keys, got {type(data).__name__} {data!r}"]
+        names, hints = cls.field_names(), typing.get_type_hints(cls)
+        kwargs: dict[str, Any] = {}
+        problems: list[str] = []
+        for key, value in data.items():
+            name = cls.ALIASES.get(key, key)
+            if name not in names:
+                problems.append(unknown_key_problem(key, [*names, *cls.ALIASES], path=path, where=where))
+            elif name in kwargs:
+                problems.append(f"{_join(path, name)}: set twice (as '{name}' and its alias); keep one")
+            else:
+                kwargs[name] = _from_text(value, hints[name])
+        try:
+            return cls(**kwargs), problems
+        except ConfigError as e:
+            return None, problems + [_join(path, p) for p in e.problems]
+
+    def replace(self, **changes: Any):
+        """A new, validated copy with `changes` applied (this object is never mutated)."""
+        unknown = [k for k in changes if k not in self.field_names()]
+        ConfigError.raise_if([unknown_key_problem(k, self.field_names(), where=f"{type(self).__name__}.replace")
+                              for k in unknown], where=type(self).__name__)
+        return dataclasses.replace(self, **changes)
+
+
+def _join(path: str, text: str) -> str:
+    return f"{path}.{text}" if path else text
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _from_text(value: Any, hint: Any) -> Any:
+    """YAML 1.1 reads `1e-4` as a string: turn numeric strings into floats for float fields."""
+    if _wants_float(hint) and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+# ----------------------------------------------------------------------------------------------
+# TrainingArguments
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainingArguments(TypedConfig):
+    """Hyperparameters of one training run (MindFormers `TrainingArguments` names)."""
+
+    output_dir: str = "./output"
+    """Folder for checkpoints and logs."""
+    overwrite_output_dir: bool = False
+    """Allow writing into an `output_dir` that already holds a run."""
+    seed: int = 42
+    """Seed for weights initialisation and everything else random."""
+    data_seed: int | None = None
+    """Seed for data shuffling; None = use `seed`."""
+    batch_size: int = 8
+    """Samples per step on each device (MindFormers name; `per_device_train_batch_size` in dicts)."""
+    num_train_epochs: int = 1
+    """Passes over the training set (ignored when `max_steps` > 0)."""
+    max_steps: int = -1
+    """Total training steps; -1 = derive from `num_train_epochs`."""
+    learning_rate: float = 5e-5
+    """Peak learning rate (after warmup)."""
+    lr_end: float = 0.0
+    """Final learning rate of the decaying schedules (cosine, linear, polynomial)."""
+    lr_scheduler_type: str = "cosine"
+    """One of LR_SCHEDULERS."""
+    warmup_steps: int = 0
+    """Linear warmup steps (0 = none)."""
+    warmup_ratio: float | None = None
+    """Warmup as a fraction of the total steps, in [0, 1); exclusive with `warmup_steps` > 0."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    optim: str = "adamw"
+    """Optimizer; "adamw" (MindFormers' "AdamWeightDecay"/"fp32_adamw" are accepted and normalised)."""
+    max_grad_norm: float | None = 1.0
+    """Gradient clipping by global norm; 0 or None = no clipping."""
+    gradient_accumulation_steps: int = 1
+    """Micro-steps accumulated per optimizer step."""
+    save_steps: int = 500
+    """Steps between checkpoints when `save_strategy` is "steps"."""
+    save_strategy: str = "steps"
+    """When to save: "steps", "epoch" or "no"."""
+    save_total_limit: int | None = 5
+    """Checkpoints kept per rank (oldest deleted first); None = keep all."""
+    sink_mode: bool = True
+    """MindSpore data sinking."""
+    sink_size: int = 2
+    """Steps per sink (MindFormers default 2)."""
+    resume_from_checkpoint: str | None = None
+    """Checkpoint file or folder to resume from."""
+    resume_training: bool = False
+    """Restore optimizer state and step counter too, not just the weights."""
+    do_eval: bool = False
+    """Evaluate during training."""
+    eval_step_interval: int = -1
+    """Steps between evaluations; -1 = none (alias `eval_steps` in dicts)."""
+    eval_epoch_interval: int = 1
+    """Epochs between evaluations; -1 = none (alias `eval_epochs` in dicts)."""
+    logging_steps: int = 1
+    """Steps between loss log lines."""
+    dataloader_drop_last: bool = True
+    """Drop the last incomplete batch."""
+    shuffle: bool = True
+    """Shuffle the training set each epoch."""
+
+    ALIASES: ClassVar[dict[str, str]] = {
+        "per_device_train_batch_size": "batch_size",
+        "eval_steps": "eval_step_interval",
+        "eval_epochs": "eval_epoch_interval",
+    }
+
+    def _check(self, c: _Checks) -> None:
+        if c.ok("optim"):
+            c.set("optim", _OPTIM_ALIASES.get(self.optim.lower(), self.optim))
+        if c.ok("lr_scheduler_type"):
+            c.set("lr_scheduler_type", self.lr_scheduler_type.lower())
+        c.require("output_dir", bool, "must be a non-empty path")
+        c.require("seed", lambda v: v >= 0, "must be >= 0")
+        c.require("data_seed", lambda v: v is None or v >= 0, "must be >= 0 or None")
+        c.require("batch_size", lambda v: v >= 1, "must be a positive integer (>= 1)")
+        c.require("num_train_epochs", lambda v: v >= 1, "must be >= 1")
+        c.require("max_steps", lambda v: v == -1 or v >= 1, "must be -1 (derive from num_train_epochs) or >= 1")
+        c.require("learning_rate", lambda v: math.isfinite(v) and v > 0, "must be a finite number > 0")
+        c.require("lr_end", lambda v: math.isfinite(v) and v >= 0, "must be a finite number >= 0")
+        if c.ok("lr_end", "learning_rate") and self.lr_end > self.learning_rate > 0:
+            c.problem(f"lr_end={self.lr_end!r}: must be <= learning_rate={self.learning_rate!r}")
+        c.require("lr_scheduler_type", lambda v: v in LR_SCHEDULERS, f"must be one of {', '.join(LR_SCHEDULERS)}")
+        c.require("warmup_steps", lambda v: v >= 0, "must be >= 0")
+        c.require("warmup_ratio", lambda v: v is None or 0 <= v < 1, "must be in [0, 1) or None")
+        if c.ok("warmup_steps", "warmup_ratio") and self.warmup_steps > 0 and self.warmup_ratio:
+            c.problem(f"warmup_ratio={self.warmup_ratio!r}: set either warmup_steps "
+                      f"(now {self.warmup_steps}) or warmup_ratio, not both")
+        c.require("weight_decay", lambda v: 0 <= v < 1, "must be in [0, 1)")
+        for beta in ("adam_beta1", "adam_beta2"):
+            c.require(beta, lambda v: 0 <= v < 1, "must be in [0, 1)")
+        c.require("adam_epsilon", lambda v: v > 0, "must be > 0 (typically 1e-8)")
+        c.require("optim", lambda v: v in OPTIMIZERS,
+                  f"must be one of {', '.join(OPTIMIZERS)} (or MindFormers' AdamWeightDecay / fp32_adamw)")
+        c.require("max_grad_norm", lambda v: v is None or (math.isfinite(v) and v >= 0),
+                  "must be >= 0 (0 or None = no clipping)")
+        c.require("gradient_accumulation_steps", lambda v: v >= 1, "must be >= 1")
+        c.require("save_steps", lambda v: v >= 1, "must be >= 1")
+        c.require("save_strategy", lambda v: v in SAVE_STRATEGIES, f"must be one of {', '.join(SAVE_STRATEGIES)}")
+        c.require("save_total_limit", lambda v: v is None or v >= 1, "must be >= 1 or None (keep all)")
+        c.require("sink_size", lambda v: v >= 1, "must be >= 1")
+        c.require("resume_from_checkpoint", lambda v: v is None or bool(v), "must be a path or None")
+        for interval in ("eval_step_interval", "eval_epoch_interval"):
+            c.require(interval, lambda v: v == -1 or v >= 1, "must be -1 (never) or >= 1")
+        if (c.ok("do_eval", "eval_step_interval", "eval_epoch_interval") and self.do_eval
+                and self.eval_step_interval == -1 and self.eval_epoch_interval == -1):
+            c.problem("do_eval=True: eval_step_interval and eval_epoch_interval are both -1, so evaluation "
+                      "would never run; set one of them >= 1 or do_eval=False")
+        c.require("logging_steps", lambda v: v >= 1, "must be >= 1")
+
+    @property
+    def clip_grad(self) -> bool:
+        """Whether gradients are clipped (max_grad_norm set and > 0)."""
+        return bool(self.max_grad_norm)
+
+    def get_warmup_steps(self, total_steps: int) -> int:
+        """Warmup steps for a run of `total_steps` (from warmup_steps, else warmup_ratio)."""
+        if self.warmup_steps > 0 or not self.warmup_ratio:
+            return self.warmup_steps
+        return int(math.ceil(self.warmup_ratio * total_steps))
+
+    def check_warmup(self, total_steps: int) -> None:
+        """Raise ConfigError if warmup is longer than the run (call once the step count is known)."""
+        if not isinstance(total_steps, int) or isinstance(total_steps, bool) or total_steps < 1:
+            raise ConfigError([f"total_steps={total_steps!r}: must be a positive integer"],
+                              where="TrainingArguments.check_warmup")
+        warmup = self.get_warmup_steps(total_steps)
+        if warmup > total_steps:
+            source = (f"warmup_steps={self.warmup_steps}" if self.warmup_steps > 0
+                      else f"warmup_ratio={self.warmup_ratio} (= {warmup} steps)")
+            raise ConfigError([f"{source}: more than the {total_steps} training steps of this run; "
+                               f"lower warmup_steps to at most {total_steps} or train longer"],
+                              where="TrainingArguments")
