@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from mindspore import ops
 
 from .training_args import TrainingArguments
 
@@ -53,7 +54,7 @@ def train_step_cells(loss_net, optimizer, max_grad_norm: float | None, accumulat
     fastest path measured here).  With accumulation, the Python loop calls `accumulate` k-1 times and
     `step` once; gradients are averaged over the k micro-batches before clipping.
     """
-    from mindspore import nn, ops
+    from mindspore import nn
 
     class TrainStep(nn.TrainOneStepCell):
         def __init__(self, network, opt, clip, k, buffers):
@@ -99,8 +100,6 @@ def train_step_cells(loss_net, optimizer, max_grad_norm: float | None, accumulat
 
 def _drain(buffers, grads, k):
     """(buffer + grad) / k for each parameter, and zero the buffers (graph-mode helper)."""
-    from mindspore import ops
-
     out = []
     for buf, g in zip(buffers, grads):
         total = (buf + g) / k

@@ -9,7 +9,13 @@ import pytest
 
 os.environ.setdefault("GLOG_v", "3")
 
+import mindspore as ms  # noqa: E402
+
 from mftasks.data import PrepareSpec, demo_corpus, prepare  # noqa: E402
+
+# As MindFormers' scripts do (`ms.set_context(mode=0)`): GRAPH mode, the fast path, on CPU.
+ms.set_context(mode=ms.GRAPH_MODE)
+ms.set_device("CPU")
 
 TINY_SEQ = 64  # the gpt2_tiny preset's context length
 
