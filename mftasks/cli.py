@@ -106,8 +106,16 @@ def _data_demo_corpus(args) -> int:
     return 0
 
 
-# Later command groups register here (run, ranktable, launch, ckpt, server, ...).
-_EXTRA_COMMANDS: list = []
+def _add_run(sub) -> None:
+    from . import run
+
+    p = sub.add_parser("run", help="train / finetune / eval / predict from a YAML config (like run_mindformer.py)")
+    run.add_arguments(p)
+    p.set_defaults(func=lambda args: run.main(args))
+
+
+# Command groups beyond `data` register here (ranktable, launch, ckpt, server, ... come later).
+_EXTRA_COMMANDS: list = [_add_run]
 
 
 if __name__ == "__main__":

@@ -91,12 +91,13 @@ MODEL_KEYS = {
 
 PET_KEYS = {
     "pet_method": _Key(str | None, lambda v: v in PET_METHODS, "must be '' (full fine-tuning) or 'lora'", ""),
-    "lora_rank": _Key(int, _pos, "must be >= 1", 64),
-    "lora_alpha": _Key(float, lambda v: v > 0, "must be > 0", 128.0),
-    "lora_dropout": _Key(float, _prob, "must be in [0, 1)", 0.1),
+    # No defaults here: an unset lora_* key takes the model preset's value (scaled down for tiny presets).
+    "lora_rank": _Key(int, _pos, "must be >= 1"),
+    "lora_alpha": _Key(float, lambda v: v > 0, "must be > 0"),
+    "lora_dropout": _Key(float, _prob, "must be in [0, 1)"),
     "lora_targets": _Key(list[str] | None, lambda v: v is None or len(v) > 0,
                          "must be a non-empty list of layer names, or null for the model's default "
-                         "(query and value projections)", None),
+                         "(query and value projections)"),
 }
 
 PREDICT_KEYS = {

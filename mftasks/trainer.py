@@ -382,7 +382,9 @@ class Trainer:
 
         from .data import tokenizer as tok
         from .model import GPT2LMHeadModel, LoraConfig, apply_lora
+        from .progress import setup_logging
 
+        setup_logging(self.args.output_dir, _world()[0])
         if checkpoint is False:
             if dataset is None:
                 raise ConfigError("predict needs a checkpoint (its manifest names the tokenizer)", where="Trainer")

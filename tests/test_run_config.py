@@ -81,7 +81,7 @@ def test_overrides_flags_dotted_and_none(tmp_path):
                                     "eval_dataset": None})
     assert (config.run_mode, config.pet_method, config.model["model_type"]) == ("finetune", "lora", "gpt2")
     assert config.train_dataset == "/data/train" and config.training.learning_rate == 2e-4
-    assert config.pet["lora_rank"] == 64  # defaults filled once LoRA is on
+    assert "lora_rank" not in config.pet  # unset: the model preset's LoRA defaults apply
     with pytest.raises(ConfigError) as err:
         load_run_config(TINY, {"training.lerning_rate": 1e-3, "pet_methd": "lora"})
     message = str(err.value)
@@ -127,7 +127,7 @@ def test_section_of_wrong_shape(tmp_path):
 def test_direct_construction_and_to_dict():
     config = RunConfig(context=ContextConfig(device_target="cpu"), model={"model_type": "gpt2_tiny", "n_layer": 2},
                        pet={"pet_method": "LoRA", "lora_rank": 4})
-    assert config.pet_method == "lora" and config.pet["lora_alpha"] == 128.0
+    assert config.pet_method == "lora" and config.pet["lora_rank"] == 4 and "lora_alpha" not in config.pet
     assert "seed" not in config.to_dict()["training"]
     assert yaml.safe_load(config.to_yaml())["model"] == {"model_type": "gpt2_tiny", "n_layer": 2}
     with pytest.raises(ConfigError, match="model.model_type: missing"):

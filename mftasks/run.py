@@ -1,0 +1,84 @@
+"""`mftasks run`: one run from a YAML config plus MindFormers-style flags (like run_mindformer.py).
+
+    mftasks run --config configs/gpt2/run_gpt2_tiny.yaml --run_mode train --train_dataset DATA
+    mftasks run --config configs/gpt2/run_gpt2_lora_cpu.yaml --run_mode finetune --train_dataset FT
+    mftasks run --config ... --run_mode eval --eval_dataset DATA
+    mftasks run --config ... --run_mode predict --predict_data "hello!"
+"""
+from __future__ import annotations
+
+from .context import init_context
+from .run_config import RunConfig, load_run_config
+
+FLAGS = ("run_mode", "train_dataset", "eval_dataset", "pet_method", "model_type", "load_checkpoint", "output_dir",
+         "device_target", "device_id", "use_parallel", "data_parallel", "model_parallel", "pipeline_parallel",
+         "micro_size", "seed")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--config", required=True, help="run YAML, e.g. configs/gpt2/run_gpt2_tiny.yaml")
+    p.add_argument("--run_mode", choices=["train", "finetune", "eval", "predict"])
+    p.add_argument("--train_dataset", help="folder made by `mftasks data prepare`")
+    p.add_argument("--eval_dataset", help="folder made by `mftasks data prepare`")
+    p.add_argument("--predict_data", nargs="+", help="input text(s) for predict")
+    p.add_argument("--pet_method", help="'' (full) or lora")
+    p.add_argument("--model_type", help="model preset, e.g. gpt2, gpt2_tiny")
+    p.add_argument("--load_checkpoint", help="checkpoint file or folder to start from / evaluate / predict with")
+    p.add_argument("--output_dir")
+    p.add_argument("--device_target")
+    p.add_argument("--device_id", type=int)
+    p.add_argument("--use_parallel", type=_bool, metavar="true|false")
+    p.add_argument("--data_parallel", type=int)
+    p.add_argument("--model_parallel", type=int)
+    p.add_argument("--pipeline_parallel", type=int)
+    p.add_argument("--micro_size", type=int)
+    p.add_argument("--seed", type=int)
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise ValueError(text)
+
+
+def config_from_args(args) -> RunConfig:
+    overrides = {k: getattr(args, k) for k in FLAGS if getattr(args, k, None) is not None}
+    return load_run_config(args.config, overrides)
+
+
+def run(rc: RunConfig, predict_data: list[str] | None = None):
+    """Initialise MindSpore from the config, build the Trainer and run the configured mode."""
+    from .trainer import Trainer
+
+    init_context(rc.use_parallel, rc.context, rc.parallel, parallel_layout=rc.parallel_config)
+    model = dict(rc.model)
+    pet = dict(rc.pet)
+    pet_method = pet.pop("pet_method", "")
+    for key, value in pet.items():  # lora_rank, lora_alpha, ... are model-config fields
+        if value is not None:
+            model[key] = tuple(value) if isinstance(value, list) else value
+    trainer = Trainer(task="text_generation", model=model, pet_method=pet_method, args=rc.training,
+                      train_dataset=rc.train_dataset, eval_dataset=rc.eval_dataset)
+    layout = rc.parallel_config
+    trainer.set_parallel_config(data_parallel=layout.data_parallel, model_parallel=layout.model_parallel,
+                                pipeline_stage=layout.pipeline_stage, micro_batch_num=layout.micro_batch_num,
+                                optimizer_shard=layout.optimizer_shard, vocab_emb_dp=layout.vocab_emb_dp)
+    mode = rc.run_mode
+    if mode == "train":
+        return trainer.train(train_checkpoint=rc.load_checkpoint or False)
+    if mode == "finetune":
+        return trainer.finetune(finetune_checkpoint=rc.load_checkpoint)
+    if mode == "eval":
+        return trainer.evaluate(eval_checkpoint=rc.load_checkpoint)
+    return trainer.predict(input_data=predict_data or ["hello!"], predict_checkpoint=rc.load_checkpoint,
+                           **rc.predict)
+
+
+def main(args) -> int:
+    rc = config_from_args(args)
+    result = run(rc, args.predict_data)
+    if rc.run_mode in ("eval", "predict"):
+        print(result)
+    return 0
