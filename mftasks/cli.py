@@ -115,7 +115,13 @@ def _add_run(sub) -> None:
 
 
 # Command groups beyond `data` register here (ranktable, launch, ckpt, server, ... come later).
-_EXTRA_COMMANDS: list = [_add_run]
+def _add_ranktable(sub) -> None:
+    from . import ranktable
+
+    ranktable.add_commands(sub)
+
+
+_EXTRA_COMMANDS: list = [_add_run, _add_ranktable]
 
 
 if __name__ == "__main__":

@@ -7,7 +7,13 @@
 """
 from __future__ import annotations
 
+import dataclasses
+import faulthandler
+import signal
+from pathlib import Path
+
 from .context import init_context
+from .files import atomic_write_json
 from .run_config import RunConfig, load_run_config
 
 FLAGS = ("run_mode", "train_dataset", "eval_dataset", "pet_method", "model_type", "load_checkpoint", "output_dir",
@@ -33,6 +39,7 @@ def add_arguments(p) -> None:
     p.add_argument("--pipeline_parallel", type=int)
     p.add_argument("--micro_size", type=int)
     p.add_argument("--seed", type=int)
+    p.add_argument("--result_file", help="also write the result (train summary, eval metrics, predictions) as JSON")
 
 
 def _bool(text: str) -> bool:
@@ -77,8 +84,28 @@ def run(rc: RunConfig, predict_data: list[str] | None = None):
 
 
 def main(args) -> int:
+    # A launcher that sees no progress sends SIGUSR1 before stopping the gang: dump every thread's stack
+    # into this rank's log.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     rc = config_from_args(args)
     result = run(rc, args.predict_data)
     if rc.run_mode in ("eval", "predict"):
         print(result)
+    if args.result_file:
+        from .trainer import _world
+
+        if _world()[0] == 0:  # one writer: rank 0
+            atomic_write_json(args.result_file, {"run_mode": rc.run_mode, "result": _plain(result)})
     return 0
+
+
+def _plain(value):
+    if dataclasses.is_dataclass(value):
+        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value

@@ -3,7 +3,7 @@ from .report import InspectReport, inspect
 from .loader import load
 from .manifest import read as read_manifest
 from .manifest import verify
-from .prepare import PrepareResult, PrepareSpec, prepare
+from .prepare import PrepareResult, PrepareSpec, plan, prepare
 
-__all__ = ["prepare", "PrepareSpec", "PrepareResult", "inspect", "InspectReport", "load", "read_manifest",
+__all__ = ["prepare", "plan", "PrepareSpec", "PrepareResult", "inspect", "InspectReport", "load", "read_manifest",
            "verify"]

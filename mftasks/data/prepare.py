@@ -122,9 +122,12 @@ class PrepareResult:
         return sum(self.manifest["splits"][s]["tokens"] for s in mf.SPLITS)
 
 
-def prepare(spec: PrepareSpec) -> PrepareResult:
-    """Build (or confirm up to date) the dataset described by spec."""
-    start = time.perf_counter()
+def plan(spec: PrepareSpec) -> str:
+    """Validate spec and read its sources; return the dataset_id it would produce (nothing is written)."""
+    return _plan(spec)[1]
+
+
+def _plan(spec: PrepareSpec) -> tuple[sources.Corpus, str]:
     out = Path(spec.output).expanduser()
     problems = spec.problems()
     files, found = sources.discover(spec.inputs, spec.patterns)
@@ -132,9 +135,15 @@ def prepare(spec: PrepareSpec) -> PrepareResult:
     problems += _output_problems(out, spec.force)
     problems += _tokenizer_problems(spec)
     ConfigError.raise_if(problems, where="data prepare")
-
     corpus = sources.read_corpus(files, spec.jsonl_field)
-    dataset_id = _dataset_id(corpus, spec)
+    return corpus, _dataset_id(corpus, spec)
+
+
+def prepare(spec: PrepareSpec) -> PrepareResult:
+    """Build (or confirm up to date) the dataset described by spec."""
+    start = time.perf_counter()
+    out = Path(spec.output).expanduser()
+    corpus, dataset_id = _plan(spec)
     existing = _existing(out)
     if existing is not None and existing.get("dataset_id") == dataset_id and not mf.verify(out, existing):
         return PrepareResult("up_to_date", out, dataset_id, existing, corpus.warnings,

@@ -1,0 +1,322 @@
+"""The local Prefect stack: server, workers, deployments, runs — driven as processes and over HTTP.
+
+The library never imports Prefect: the server and workers are `prefect` processes we start (own
+session, so one SIGTERM stops them, see NOTES), and runs are created and watched through the
+server's REST API with httpx.
+
+    mftasks server start|stop|status      server on 127.0.0.1:4200, SQLite under .prefect/ in the project
+    mftasks worker start [--queue Q]      a process worker on the project's pool
+    mftasks deploy                        prefect deploy --all --prefect-file deployments/prefect.yaml
+    mftasks deployment run NAME [-p k=v] [--watch]
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError, MftasksError
+
+TERMINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+
+class StackError(MftasksError):
+    """The Prefect server or worker could not be started, reached or used."""
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Where the project's Prefect lives."""
+
+    project: Path
+    """Repo root: deployments are made from here (flows/ importable)."""
+    host: str = "127.0.0.1"
+    port: int = 4200
+    pool: str = "mftasks"
+
+    @classmethod
+    def from_env(cls, project: str | Path | None = None) -> Stack:
+        root = Path(project or os.environ.get("MFTASKS_PROJECT", Path.cwd())).resolve()
+        port = int(os.environ.get("MFTASKS_PREFECT_PORT", "4200"))
+        host = os.environ.get("MFTASKS_PREFECT_HOST", "127.0.0.1")
+        return cls(project=root, host=host, port=port, pool=os.environ.get("MFTASKS_POOL", "mftasks"))
+
+    @property
+    def home(self) -> Path:
+        return Path(os.environ.get("MFTASKS_PREFECT_HOME", self.project / ".prefect"))
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.port}/api"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        """Environment for every prefect process of this project (server, worker, flows, CLI)."""
+        env = dict(os.environ)
+        venv_bin = str(Path(sys.executable).parent)
+        env.update({
+            "PATH": venv_bin + os.pathsep + env.get("PATH", ""),
+            "PREFECT_HOME": str(self.home),
+            "PREFECT_API_URL": self.api_url,
+            "PREFECT_SERVER_API_HOST": self.host,
+            "PREFECT_SERVER_API_PORT": str(self.port),  # or the UI calls the API on 4200 (NOTES)
+            "PREFECT_UI_API_URL": self.api_url,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+            "GLOG_v": env.get("GLOG_v", "3"),
+        })
+        return env
+
+    def prefect(self) -> str:
+        return str(Path(sys.executable).parent / "prefect")
+
+
+# ---------------------------------------------------------------------------------------------- server
+def healthy(stack: Stack, timeout: float = 2.0) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{stack.api_url}/health", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def start_server(stack: Stack, wait: float = 120.0) -> str:
+    """Start the server in the background unless one answers already; return a one-line status."""
+    if healthy(stack):
+        return f"server already running at {stack.ui_url}"
+    _check_port_free(stack.host, stack.port)
+    stack.home.mkdir(parents=True, exist_ok=True)
+    log = open(stack.home / "server.log", "ab")
+    proc = subprocess.Popen([stack.prefect(), "server", "start", "--host", stack.host, "--port", str(stack.port)],
+                            env=stack.env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, cwd=stack.project)
+    (stack.home / "server.pid").write_text(str(proc.pid))
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if healthy(stack):
+            return f"server started at {stack.ui_url} (pid {proc.pid}, log {stack.home / 'server.log'})"
+        if proc.poll() is not None:
+            raise StackError(f"prefect server exited with code {proc.returncode}; see {stack.home / 'server.log'}")
+        time.sleep(0.5)
+    _stop_pid_file(stack.home / "server.pid")
+    raise StackError(f"prefect server did not answer at {stack.api_url} within {wait:.0f}s; "
+                     f"see {stack.home / 'server.log'}")
+
+
+def stop_server(stack: Stack) -> str:
+    stopped = _stop_pid_file(stack.home / "server.pid")
+    return "server stopped" if stopped else "no server of this project was running"
+
+
+def status(stack: Stack) -> str:
+    lines = [f"server  {'up' if healthy(stack) else 'down'}  {stack.ui_url}  (PREFECT_HOME {stack.home})"]
+    for pid_file in sorted(stack.home.glob("worker-*.pid")) if stack.home.is_dir() else []:
+        pid = _read_pid(pid_file)
+        lines.append(f"worker  {'up' if pid and _alive(pid) else 'down'}  {pid_file.stem}  pid {pid}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- worker
+def ensure_pool(stack: Stack) -> None:
+    import httpx
+
+    r = httpx.get(f"{stack.api_url}/work_pools/{stack.pool}", timeout=10)
+    if r.status_code == 200:
+        return
+    r = httpx.post(f"{stack.api_url}/work_pools/", json={"name": stack.pool, "type": "process"}, timeout=10)
+    if r.status_code not in (200, 201, 409):
+        raise StackError(f"could not create work pool {stack.pool!r}: HTTP {r.status_code} {r.text[:200]}")
+
+
+def start_worker(stack: Stack, queue: str | None = None, name: str | None = None) -> str:
+    """A process worker on the project's pool (optionally one work queue), in its own session."""
+    if not healthy(stack):
+        raise StackError(f"no Prefect server at {stack.api_url}; run `mftasks server start` first")
+    ensure_pool(stack)
+    label = name or f"worker-{queue or 'default'}"
+    pid_file = stack.home / f"{label}.pid"
+    pid = _read_pid(pid_file)
+    if pid and _alive(pid):
+        return f"{label} already running (pid {pid})"
+    argv = [stack.prefect(), "worker", "start", "--pool", stack.pool, "--name", f"{label}-{os.getpid()}"]
+    if queue:
+        argv += ["--work-queue", queue]
+    log = open(stack.home / f"{label}.log", "ab")
+    proc = subprocess.Popen(argv, env=stack.env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, cwd=stack.project)
+    pid_file.write_text(str(proc.pid))
+    return f"{label} started (pid {proc.pid}, pool {stack.pool}{', queue ' + queue if queue else ''})"
+
+
+def stop_workers(stack: Stack) -> list[str]:
+    return [p.stem for p in (stack.home.glob("worker-*.pid") if stack.home.is_dir() else [])
+            if _stop_pid_file(p)]
+
+
+# ---------------------------------------------------------------------------------------------- deploy / run
+def deploy(stack: Stack, prefect_file: str = "deployments/prefect.yaml") -> str:
+    """`prefect deploy --all` from the repo root (deploying from deployments/ breaks `import flows`)."""
+    if not healthy(stack):
+        raise StackError(f"no Prefect server at {stack.api_url}; run `mftasks server start` first")
+    ensure_pool(stack)
+    r = subprocess.run([stack.prefect(), "--no-prompt", "deploy", "--all", "--prefect-file", prefect_file],
+                       env=stack.env(), cwd=stack.project, capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        raise StackError(f"prefect deploy failed (exit {r.returncode}):\n{(r.stdout + r.stderr)[-3000:]}")
+    return r.stdout
+
+
+def find_deployment(stack: Stack, name: str) -> dict:
+    """Resolve 'flow/deployment' or a bare deployment name through the API (listing choices when unsure)."""
+    import httpx
+
+    flow_name, _, dep_name = name.rpartition("/")
+    r = httpx.post(f"{stack.api_url}/deployments/filter", json={"deployments": {"name": {"any_": [dep_name]}}},
+                   timeout=10)
+    r.raise_for_status()
+    found = r.json()
+    flows = {f["id"]: f["name"] for f in _flows(stack, {d["flow_id"] for d in found})}
+    if flow_name:
+        found = [d for d in found if flows.get(d["flow_id"]) == flow_name]
+    if len(found) == 1:
+        found[0]["flow_name"] = flows.get(found[0]["flow_id"])
+        return found[0]
+    if not found:
+        every = httpx.post(f"{stack.api_url}/deployments/filter", json={}, timeout=10).json()
+        names = {f["id"]: f["name"] for f in _flows(stack, {d["flow_id"] for d in every})}
+        listing = ", ".join(sorted(f"{names.get(d['flow_id'])}/{d['name']}" for d in every)) or "(none)"
+        raise ConfigError(f"no deployment named {name!r}; deployments on {stack.api_url}: {listing}. "
+                          "Deploy with `mftasks deploy`", where="mftasks deployment run")
+    choices = ", ".join(sorted(f"{flows.get(d['flow_id'])}/{d['name']}" for d in found))
+    raise ConfigError(f"deployment name {name!r} is ambiguous: {choices}; use FLOW/NAME",
+                      where="mftasks deployment run")
+
+
+def _flows(stack: Stack, ids: set[str]) -> list[dict]:
+    import httpx
+
+    if not ids:
+        return []
+    r = httpx.post(f"{stack.api_url}/flows/filter", json={"flows": {"id": {"any_": sorted(ids)}}}, timeout=10)
+    r.raise_for_status()
+    return r.json()
+
+
+def parse_params(pairs: list[str]) -> dict:
+    """-p key=value pairs; values parsed as JSON when they are JSON, else kept as strings (as Prefect's CLI)."""
+    params, problems = {}, []
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            problems.append(f"-p {pair!r}: expected KEY=VALUE")
+            continue
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    ConfigError.raise_if(problems, where="mftasks deployment run")
+    return params
+
+
+def run_deployment(stack: Stack, name: str, params: dict | None = None) -> dict:
+    """Create a flow run of a deployment; the server validates the parameters against its schema."""
+    import httpx
+
+    dep = find_deployment(stack, name)
+    r = httpx.post(f"{stack.api_url}/deployments/{dep['id']}/create_flow_run", json={"parameters": params or {}},
+                   timeout=30)
+    if r.status_code >= 400:
+        detail = r.json().get("detail", r.text) if r.headers.get("content-type", "").startswith("application/json") \
+            else r.text
+        raise ConfigError(f"the server rejected the parameters of {dep['flow_name']}/{dep['name']}: {detail}",
+                          where="mftasks deployment run")
+    run = r.json()
+    run["deployment"] = f"{dep['flow_name']}/{dep['name']}"
+    return run
+
+
+def watch(stack: Stack, flow_run_id: str, timeout: float | None = None, on_state=None) -> dict:
+    """Poll a flow run until it ends; call on_state(name) at each state change; return the run."""
+    import httpx
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last = None
+    while True:
+        run = httpx.get(f"{stack.api_url}/flow_runs/{flow_run_id}", timeout=10).json()
+        state = (run.get("state") or {}).get("type")
+        if state != last and on_state:
+            on_state((run.get("state") or {}).get("name", state))
+        last = state
+        if state in TERMINAL:
+            return run
+        if deadline is not None and time.monotonic() > deadline:
+            raise StackError(f"flow run {flow_run_id} still {state} after {timeout:.0f}s")
+        time.sleep(1.0)
+
+
+def flow_run_url(stack: Stack, flow_run_id: str) -> str:
+    return f"{stack.ui_url}/runs/flow-run/{flow_run_id}"
+
+
+# ---------------------------------------------------------------------------------------------- processes
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            raise StackError(f"port {port} on {host} is in use by something that is not a Prefect server; "
+                             "set MFTASKS_PREFECT_PORT to another port") from None
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours counts as gone
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+def _stop_pid_file(path: Path, grace: float = 10.0) -> bool:
+    pid = _read_pid(path)
+    path.unlink(missing_ok=True)
+    if not pid or not _alive(pid):
+        return False
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.2)
+    if _alive(pid):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return True
