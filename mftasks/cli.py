@@ -121,7 +121,53 @@ def _add_ranktable(sub) -> None:
     ranktable.add_commands(sub)
 
 
-_EXTRA_COMMANDS: list = [_add_run, _add_ranktable]
+def _add_stack(sub) -> None:
+    from . import stack as st
+
+    def server(args):
+        s = st.Stack.from_env()
+        print({"start": st.start_server, "stop": st.stop_server, "status": st.status}[args.action](s))
+        return 0
+
+    p = sub.add_parser("server", help="the project's Prefect server (127.0.0.1, SQLite under .prefect/)")
+    p.add_argument("action", choices=["start", "stop", "status"])
+    p.set_defaults(func=server)
+
+    def worker(args):
+        s = st.Stack.from_env()
+        if args.action == "stop":
+            print("stopped: " + (", ".join(st.stop_workers(s)) or "none"))
+        else:
+            print(st.start_worker(s, queue=args.queue))
+        return 0
+
+    p = sub.add_parser("worker", help="a Prefect process worker on the project's work pool")
+    p.add_argument("action", choices=["start", "stop"])
+    p.add_argument("--queue", help="work queue (one per node for multi-node dispatch)")
+    p.set_defaults(func=worker)
+
+    p = sub.add_parser("deploy", help="deploy every flow in deployments/prefect.yaml (from the repo root)")
+    p.set_defaults(func=lambda args: print(st.deploy(st.Stack.from_env())) or 0)
+
+    def deployment_run(args):
+        s = st.Stack.from_env()
+        run = st.run_deployment(s, args.name, st.parse_params(args.param))
+        print(f"created flow run {run['name']} ({run['id']}) of {run['deployment']}: {st.flow_run_url(s, run['id'])}")
+        if not args.watch:
+            return 0
+        final = st.watch(s, run["id"], on_state=lambda name: print(f"state: {name}", flush=True))
+        return 0 if final["state"]["type"] == "COMPLETED" else 1
+
+    p = sub.add_parser("deployment", help="run a deployment by its bare name")
+    dsub = p.add_subparsers(title="deployment commands")
+    r = dsub.add_parser("run", help="mftasks deployment run finetune-gpt2 -p key=value --watch")
+    r.add_argument("name", help="deployment name, bare (finetune-gpt2) or FLOW/NAME")
+    r.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
+    r.add_argument("--watch", action="store_true", help="wait for the run to end; exit 0 only if it completed")
+    r.set_defaults(func=deployment_run)
+
+
+_EXTRA_COMMANDS: list = [_add_run, _add_ranktable, _add_stack]
 
 
 if __name__ == "__main__":

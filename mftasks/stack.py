@@ -233,6 +233,8 @@ def run_deployment(stack: Stack, name: str, params: dict | None = None) -> dict:
     import httpx
 
     dep = find_deployment(stack, name)
+    ConfigError.raise_if(parameter_problems(dep.get("parameter_openapi_schema") or {}, params or {}),
+                         where=f"parameters of {dep['flow_name']}/{dep['name']}")
     r = httpx.post(f"{stack.api_url}/deployments/{dep['id']}/create_flow_run", json={"parameters": params or {}},
                    timeout=30)
     if r.status_code >= 400:
@@ -243,6 +245,20 @@ def run_deployment(stack: Stack, name: str, params: dict | None = None) -> dict:
     run = r.json()
     run["deployment"] = f"{dep['flow_name']}/{dep['name']}"
     return run
+
+
+def parameter_problems(schema: dict, params: dict) -> list[str]:
+    """Every problem with params against a deployment's parameter schema, each naming the parameter."""
+    import jsonschema
+
+    props = schema.get("properties", {})
+    problems = [f"unknown parameter {k!r}; valid: {', '.join(sorted(props))}" for k in params if k not in props]
+    known = {k: v for k, v in params.items() if k in props}
+    validator = jsonschema.Draft202012Validator({**schema, "required": []})
+    for err in sorted(validator.iter_errors(known), key=lambda e: list(e.path)):
+        where = ".".join(str(p) for p in err.path) or "(parameters)"
+        problems.append(f"{where}: {err.message}")
+    return problems
 
 
 def watch(stack: Stack, flow_run_id: str, timeout: float | None = None, on_state=None) -> dict:

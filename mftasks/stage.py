@@ -1,0 +1,225 @@
+"""One pipeline stage (train, finetune, eval, predict) as a gang launch of `mftasks run` ranks.
+
+A `StageSpec` becomes a run YAML (validated here, before any process starts), the ranks are started
+by the gang launcher, and the stage's result comes back through `--result_file`.  Each attempt logs
+under its own folder; before an attempt starts, the processes of earlier attempts (recorded in
+`pids.json`) are proven gone, so two gangs of one stage never run at once.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from . import checkpoint as ckpt
+from .errors import ConfigError, MftasksError
+from .files import atomic_write_bytes, atomic_write_json
+
+RUN_MODES = ("train", "finetune", "eval", "predict")
+
+
+class StageFailed(MftasksError):
+    """A stage's gang failed; carries the launch result (root cause, failure class, retryable)."""
+
+    def __init__(self, stage: str, result):
+        self.stage = stage
+        self.result = result
+        self.retryable = bool(result.retryable)
+        super().__init__(f"stage {stage} failed: {result.summary()}")
+
+
+@dataclass
+class StageSpec:
+    """What one stage runs; every field becomes part of the stage's run YAML."""
+
+    name: str
+    """Stage label used for folders (train, lora, eval_before, ...)."""
+    run_mode: str
+    output_dir: str
+    model_type: str = "gpt2_tiny"
+    pet_method: str = ""
+    train_dataset: str | None = None
+    eval_dataset: str | None = None
+    load_checkpoint: str | None = None
+    nproc: int = 1
+    batch_size: int = 8
+    max_steps: int = 50
+    learning_rate: float = 1e-3
+    warmup_steps: int = 2
+    save_steps: int = 25
+    logging_steps: int = 1
+    seed: int = 1234
+    lora_rank: int | None = None
+    lora_alpha: float | None = None
+    predict_data: list[str] = field(default_factory=list)
+    max_new_tokens: int = 16
+    timeout: float | None = None
+    hang_timeout: float | None = None
+    master_port: int = 8118
+
+    def problems(self) -> list[str]:
+        p = []
+        if self.run_mode not in RUN_MODES:
+            p.append(f"run_mode={self.run_mode!r} is not one of {', '.join(RUN_MODES)}")
+        if not isinstance(self.nproc, int) or self.nproc < 1:
+            p.append(f"nproc={self.nproc!r} must be >= 1")
+        if self.run_mode == "predict" and not self.predict_data:
+            p.append("predict needs predict_data (a list of prompts)")
+        return p
+
+    def run_config(self, resume: bool) -> dict:
+        """The run YAML for this stage (see mftasks.run_config)."""
+        training = {"batch_size": self.batch_size, "max_steps": self.max_steps, "learning_rate": self.learning_rate,
+                    "warmup_steps": self.warmup_steps, "save_steps": self.save_steps,
+                    "logging_steps": self.logging_steps, "lr_scheduler_type": "cosine", "sink_mode": False,
+                    "resume_training": resume, "overwrite_output_dir": not resume}
+        pet = {"pet_method": self.pet_method}
+        if self.pet_method == "lora":
+            pet.update({k: v for k, v in (("lora_rank", self.lora_rank), ("lora_alpha", self.lora_alpha))
+                        if v is not None})
+        config = {"run_mode": self.run_mode, "seed": self.seed, "output_dir": str(self.output_dir),
+                  "load_checkpoint": self.load_checkpoint, "use_parallel": True,
+                  "context": {"mode": "GRAPH_MODE", "device_target": "CPU"},
+                  "parallel": {"parallel_mode": "DATA_PARALLEL", "gradients_mean": True},
+                  "parallel_config": {"data_parallel": self.nproc},
+                  "model": {"model_type": self.model_type}, "pet": pet, "training": training,
+                  "train_dataset": self.train_dataset, "eval_dataset": self.eval_dataset,
+                  "predict": {"max_new_tokens": self.max_new_tokens}}
+        return config
+
+
+@dataclass
+class StageResult:
+    name: str
+    result: dict
+    """What the rank process reported (train summary, eval metrics or predictions)."""
+    ranks: list[dict]
+    """Per-rank table: rank, pid, exit code or signal, last step, log path, failure class."""
+    attempt: int
+    config_path: str
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def stage_dir(work_dir: str | Path, name: str) -> Path:
+    return Path(work_dir) / "stages" / name
+
+
+def resume_point(spec: StageSpec) -> bool:
+    """Resume when this stage already wrote a verified checkpoint (a retry, or a re-run of a crashed run)."""
+    if spec.run_mode not in ("train", "finetune"):
+        return False
+    from .trainer import PREFIX
+
+    prefix = PREFIX["lora" if spec.pet_method == "lora" else spec.run_mode]
+    info, _ = ckpt.newest_verified(ckpt.rank_dir(spec.output_dir, 0), prefix=prefix)
+    return info is not None
+
+
+def run_stage(spec: StageSpec, work_dir: str | Path, attempt: int = 0, on_line=None) -> StageResult:
+    """Validate, launch the stage's ranks and return their result; StageFailed when the gang fails."""
+    from .launcher import LaunchSpec, launch
+    from .run_config import load_run_config
+
+    ConfigError.raise_if(spec.problems(), where=f"stage {spec.name}")
+    folder = stage_dir(work_dir, spec.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    ensure_previous_gang_gone(folder / "pids.json")
+    resume = resume_point(spec)
+    config_path = folder / "run.yaml"
+    atomic_write_bytes(config_path, yaml.safe_dump(spec.run_config(resume), sort_keys=False).encode())
+    load_run_config(config_path)  # bad config: a clear error now, before any process starts
+    result_file = folder / f"result-attempt{attempt}.json"
+    result_file.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "mftasks.cli", "run", "--config", str(config_path.resolve()),
+            "--result_file", str(result_file.resolve())]
+    if spec.run_mode == "predict":
+        argv += ["--predict_data", *spec.predict_data]
+    launch_spec = LaunchSpec(program=argv, nproc_per_node=spec.nproc, log_dir=str(folder / "log"),
+                             heartbeat_dir=str(Path(spec.output_dir) / "log") if spec.run_mode in ("train", "finetune")
+                             else None,
+                             hang_timeout=spec.hang_timeout, timeout=spec.timeout, attempt=attempt,
+                             master_port=spec.master_port, layout=(spec.nproc, 1, 1),
+                             env={"GLOG_v": os.environ.get("GLOG_v", "3")})
+    started = time.time()
+    result = launch(launch_spec, on_line=on_line, on_start=lambda pids: _record_pids(folder / "pids.json", pids, str(config_path.resolve())))
+    ranks = [_rank_row(rank, outcome, result) for rank, outcome in sorted(result.ranks.items())]
+    if not result.ok:
+        raise StageFailed(spec.name, result)
+    try:
+        payload = json.loads(result_file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MftasksError(f"stage {spec.name}: the ranks succeeded but wrote no result ({exc})") from None
+    return StageResult(spec.name, payload["result"], ranks, attempt, str(config_path), time.time() - started)
+
+
+def _rank_row(rank, outcome, result) -> dict:
+    cause = result.root_cause
+    return {"rank": rank, "host": os.uname().nodename, "pid": outcome.pid, "exit": outcome.status,
+            "last_step": outcome.last_step, "log": outcome.log_path,
+            "failure_class": cause.failure_class.value if cause is not None and cause.rank == rank else "-"}
+
+
+def _record_pids(path: Path, pids: list[int], marker: str) -> None:
+    atomic_write_json(path, {"pids": list(pids), "marker": marker, "launcher_pid": os.getpid(), "time": time.time()})
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def ensure_previous_gang_gone(path: Path, grace: float = 5.0) -> list[int]:
+    """Stop any process of an earlier attempt still alive (e.g. its flow-run process was SIGKILLed)."""
+    try:
+        record = json.loads(path.read_text())
+        pids, marker = record["pids"], record.get("marker", "")
+    except (OSError, ValueError, KeyError):
+        return []
+    alive = [p for p in pids if _alive(p) and marker in _cmdline(p)]  # never a recycled pid of someone else
+    for pid in alive:
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p) for p in alive):
+        time.sleep(0.1)
+    for pid in [p for p in alive if _alive(p)]:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p) for p in alive):
+        time.sleep(0.1)
+    still = [p for p in alive if _alive(p)]
+    if still:
+        raise MftasksError(f"processes {still} of an earlier attempt (from {path}) would not stop; "
+                           "refusing to start a second gang")
+    path.unlink(missing_ok=True)
+    return alive
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"  # a zombie is gone for our purposes
+    except OSError:
+        return True
