@@ -167,7 +167,13 @@ def _add_stack(sub) -> None:
     r.set_defaults(func=deployment_run)
 
 
-_EXTRA_COMMANDS: list = [_add_run, _add_ranktable, _add_stack]
+def _add_launch(sub) -> None:
+    from .launcher import add_commands
+
+    add_commands(sub)
+
+
+_EXTRA_COMMANDS: list = [_add_run, _add_ranktable, _add_launch, _add_stack]
 
 
 if __name__ == "__main__":

@@ -1,0 +1,227 @@
+"""What a launch returns: `LaunchResult` keyed by rank, the root-cause `RankFailure`, failure classes.
+
+All or nothing: the launch is `ok` only when every rank exited 0. Otherwise `root_cause` is the first
+failure by time (a rank's own exit, or the launcher's verdict: hang, timeout), classified from its exit
+status and the last lines of its log, and `retryable` says whether running again can help.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+
+from .errors import GangFailedError
+
+
+class FailureClass(str, Enum):
+    """Why a gang failed. Only USER_ERROR is not worth a retry."""
+
+    USER_ERROR = "user_error"      # bad config, import error, data error, usage (exit 2): fix and rerun
+    KILLED = "killed"              # ended by a signal (not by the launcher)
+    OOM = "oom"                    # killed with "Out of memory" / MemoryError
+    COMM_TIMEOUT = "comm_timeout"  # a collective / HCCL / cluster timeout
+    HANG = "hang"                  # no heartbeat progress for the hang timeout (or no first heartbeat)
+    TIMEOUT = "timeout"            # the launch's overall timeout
+    CRASH = "crash"                # any other non-zero exit
+
+    @property
+    def retryable(self) -> bool:
+        return self is not FailureClass.USER_ERROR
+
+
+# Final exception names that mean "fix your input, a retry will fail the same way".
+USER_EXCEPTIONS = frozenset({
+    "ModuleNotFoundError", "ImportError", "SyntaxError", "IndentationError", "TabError", "NameError",
+    "FileNotFoundError", "IsADirectoryError", "NotADirectoryError",
+    "ConfigError", "DataError", "CheckpointError", "OutputExistsError", "DeviceError",
+    "LaunchSpecError", "PreflightError",
+})
+USAGE_EXIT_CODE = 2  # argparse and the mftasks command line exit 2 on a usage / config error
+
+# "ValueError: x" or "mftasks.errors.ConfigError: x" or a bare "KeyboardInterrupt" at line start.
+_EXC_LINE = re.compile(r"^(?:[A-Za-z_][\w]*\.)*([A-Z]\w*(?:Error|Exception|Exit|Interrupt|Timeout))(?::\s|:?\s*$)")
+_OOM = re.compile(r"out of memory|\bMemoryError\b|bad_alloc|cannot allocate memory|oom-kill", re.I)
+_COMM_TIMEOUT = re.compile(
+    r"\b(?:hccl|nccl|mccl|lccl|gloo|collective|communicat\w*|allreduce|allgather|broadcast|watchdog)\b"
+    r".*\btime[ds]?[ _-]?out"
+    r"|\btime[ds]?[ _-]?out\b.*\b(?:hccl|nccl|collective|communicat\w*)\b"
+    r"|\bEI000[26]\b"                        # Ascend HCCL notify-wait / socket-build timeouts
+    r"|\bheartbeat\b.*\btimed? ?out|\bnode\b.*\bis timed? ?out", re.I)
+_BENIGN = re.compile(r"Topology build timed out, retry", re.I)  # normal dynamic-cluster start-up noise
+
+
+def tail_lines(path: str | None, n: int = 40, max_bytes: int = 65536) -> list[str]:
+    """The last `n` lines of a log file (decoded leniently); [] if it cannot be read."""
+    if not path:
+        return []
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except OSError:
+        return []
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    if size > max_bytes and lines:
+        lines = lines[1:]  # the first one is probably cut
+    return [ln.rstrip() for ln in lines if ln.strip()][-n:]
+
+
+def final_exception(lines: list[str]) -> str | None:
+    """The last line that reads like a Python exception ("ImportError: ..."), if any."""
+    for line in reversed(lines):
+        if _EXC_LINE.match(line.strip()):
+            return line.strip()
+    return None
+
+
+def exception_name(line: str | None) -> str | None:
+    if not line:
+        return None
+    m = _EXC_LINE.match(line.strip())
+    return m.group(1) if m else None
+
+
+def classify(returncode: int, lines: list[str]) -> FailureClass:
+    """Failure class of a process that exited by itself with `returncode` (Popen convention: -N = signal N)."""
+    text = [ln for ln in lines if not _BENIGN.search(ln)]
+    oom = any(_OOM.search(ln) for ln in text)
+    if returncode < 0:
+        return FailureClass.OOM if oom and returncode == -9 else FailureClass.KILLED
+    exc = exception_name(final_exception(text))
+    if returncode == USAGE_EXIT_CODE or exc in USER_EXCEPTIONS:
+        return FailureClass.USER_ERROR
+    if exc == "MemoryError" or oom:
+        return FailureClass.OOM
+    if any(_COMM_TIMEOUT.search(ln) for ln in text):
+        return FailureClass.COMM_TIMEOUT
+    return FailureClass.CRASH
+
+
+@dataclass(frozen=True)
+class RankFailure:
+    """The root cause of a failed launch."""
+
+    failure_class: FailureClass
+    rank: int | None
+    """The failing rank; None for the scheduler or a gang-wide verdict (timeout, interrupt)."""
+    exitcode: int | None = None
+    signal: str | None = None
+    message: str = ""
+    """One line: what happened, e.g. "exited with code 1" or "no heartbeat progress for 2.0 s"."""
+    exception: str | None = None
+    """The last Python exception line of the log, if any."""
+    error_lines: tuple[str, ...] = ()
+    """The last lines of the log."""
+    log_path: str | None = None
+    elapsed: float = 0.0
+    """Seconds after the launch started."""
+    ranks: tuple[int, ...] = ()
+    """Ranks involved: the stalled ones for a hang, the running ones at a timeout, else (rank,)."""
+    role: str = "worker"
+
+    @property
+    def retryable(self) -> bool:
+        return self.failure_class.retryable
+
+    @property
+    def who(self) -> str:
+        if self.role == "scheduler":
+            return "scheduler"
+        if self.rank is None:
+            return "gang"
+        if len(self.ranks) > 1:
+            return "ranks " + ", ".join(map(str, self.ranks))
+        return f"rank {self.rank}"
+
+    def describe(self) -> str:
+        retry = "retryable" if self.retryable else "not retryable"
+        text = f"{self.who} {self.message} after {self.elapsed:.2f} s [{self.failure_class.value}, {retry}]"
+        if self.exception:
+            text += f": {self.exception}"
+        return text
+
+
+@dataclass(frozen=True)
+class RankOutcome:
+    """How one process ended."""
+
+    rank: int | None
+    pid: int | None
+    state: str
+    """succeeded, failed (on its own) or stopped (by the launcher)."""
+    exitcode: int | None
+    signal: str | None
+    log_path: str
+    last_step: int | None = None
+    """Last heartbeat step seen (None without heartbeats)."""
+    duration: float = 0.0
+
+    @property
+    def status(self) -> str:
+        if self.signal:
+            return self.signal
+        return "-" if self.exitcode is None else str(self.exitcode)
+
+
+@dataclass
+class LaunchResult:
+    """Every rank's outcome and, on failure, the root cause."""
+
+    ranks: dict[int, RankOutcome]
+    root_cause: RankFailure | None
+    scheduler: RankOutcome | None = None
+    failures: list[RankFailure] = field(default_factory=list)
+    """Every failure seen before the gang was stopped, in time order (root_cause is the first)."""
+    started_at: float = 0.0
+    """Wall-clock start (time.time())."""
+    duration: float = 0.0
+    attempt: int = 0
+    log_dir: str = ""
+    hang_timeout_used: float | None = None
+    """The hang timeout in force at the end (given or derived), None without heartbeats."""
+
+    @property
+    def ok(self) -> bool:
+        return self.root_cause is None
+
+    @property
+    def failure_class(self) -> FailureClass | None:
+        return self.root_cause.failure_class if self.root_cause else None
+
+    @property
+    def retryable(self) -> bool:
+        """True only for infrastructure failures (never for success or a user error)."""
+        return self.root_cause is not None and self.root_cause.retryable
+
+    @property
+    def stalled_ranks(self) -> tuple[int, ...]:
+        rc = self.root_cause
+        return rc.ranks if rc is not None and rc.failure_class is FailureClass.HANG else ()
+
+    def raise_for_failure(self) -> "LaunchResult":
+        """Return self when ok, else raise GangFailedError (with .retryable)."""
+        if not self.ok:
+            raise GangFailedError(self)
+        return self
+
+    def summary(self, error_lines: int = 12) -> str:
+        """A per-rank table and, on failure, the root cause with the last lines of its log."""
+        rows = [("rank", "pid", "state", "exit", "last step", "log")]
+        outs = [self.ranks[r] for r in sorted(self.ranks)] + ([self.scheduler] if self.scheduler else [])
+        for o in outs:
+            rows.append(("sched" if o.rank is None else str(o.rank), str(o.pid or "-"), o.state, o.status,
+                         "-" if o.last_step is None else str(o.last_step), o.log_path))
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5] for r in rows]
+        if self.ok:
+            lines.append(f"ok: {len(self.ranks)} ranks succeeded in {self.duration:.1f} s")
+        else:
+            rc = self.root_cause
+            lines.append(f"root cause: {rc.describe()}")
+            if rc.log_path and rc.error_lines:
+                lines.append(f"last lines of {rc.log_path}:")
+                lines.extend("  | " + ln for ln in rc.error_lines[-error_lines:])
+        return "\n".join(lines)

@@ -1,0 +1,133 @@
+"""End to end through a real Prefect server and worker: deploy, run finetune-gpt2, check what it wrote."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mftasks import stack as st
+from mftasks.data import demo_corpus
+from mftasks.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def local_stack(tmp_path_factory):
+    """A fresh server (own PREFECT_HOME and port) and one worker, stopped afterwards."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    env = {"MFTASKS_PREFECT_HOME": str(home), "MFTASKS_PREFECT_PORT": str(port), "MFTASKS_PROJECT": str(REPO),
+           "MFTASKS_POOL": f"test-{port}"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    stack = st.Stack.from_env()
+    try:
+        st.start_server(stack)
+        st.start_worker(stack)
+        st.deploy(stack)
+        yield stack
+    finally:
+        st.stop_workers(stack)
+        st.stop_server(stack)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def work_dir():
+    """Deployment parameters are project-relative paths: work inside build/ (git-ignored)."""
+    rel = Path("build") / f"e2e-{uuid.uuid4().hex[:8]}"
+    corpus = REPO / rel / "corpus"
+    demo_corpus.build(corpus, max_bytes=150_000, qa_pairs=2500, checks=8)
+    yield rel
+    shutil.rmtree(REPO / rel, ignore_errors=True)
+
+
+def test_finetune_gpt2_deployment_runs_to_completion(local_stack, work_dir):
+    params = {"corpus_dir": str(work_dir / "corpus"), "work_dir": str(work_dir / "pipeline"),
+              "model_type": "gpt2_tiny", "vocab_size": 300, "train_steps": 30, "finetune_steps": 30,
+              "batch_size": 8, "predict_count": 2, "master_port": _free_port()}
+    run = st.run_deployment(local_stack, "finetune-gpt2", params)
+    final = st.watch(local_stack, run["id"], timeout=900)
+    assert final["state"]["type"] == "COMPLETED", final["state"]
+    summary = json.loads((REPO / work_dir / "pipeline" / "runs" / run["id"] / "summary.json").read_text())
+    m = summary["metrics"]
+    assert m["finetune_merged_PPL"] < m["finetune_base_PPL"]  # the finetune worked on its domain
+    assert len(summary["predictions"]) == 2
+    artifacts = httpx.post(f"{local_stack.api_url}/artifacts/filter",
+                           json={"artifacts": {"flow_run_id": {"any_": [run["id"]]}}}, timeout=10).json()
+    keys = {a["key"] for a in artifacts}
+    assert {"eval-metrics", "loss-curve", "loss-table", "lineage", "ranks-train", "ranks-lora",
+            "predictions"} <= keys
+    logs = httpx.post(f"{local_stack.api_url}/logs/filter",
+                      json={"logs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200}, timeout=10).json()
+    assert any(l["message"].startswith("[rank 0]") for l in logs)  # rank output forwarded with its prefix
+
+
+def test_second_run_reuses_cached_data_preparation(local_stack, work_dir):
+    params = {"corpus_dir": str(work_dir / "corpus"), "work_dir": str(work_dir / "pipeline"),
+              "model_type": "gpt2_tiny", "vocab_size": 300, "train_steps": 4, "finetune_steps": 4,
+              "batch_size": 4, "predict_count": 0, "master_port": _free_port()}
+    run = st.run_deployment(local_stack, "finetune-gpt2", params)
+    final = st.watch(local_stack, run["id"], timeout=900)
+    assert final["state"]["type"] == "COMPLETED", final["state"]
+    task_runs = httpx.post(f"{local_stack.api_url}/task_runs/filter",
+                           json={"task_runs": {"flow_run_id": {"any_": [run["id"]]}}}, timeout=10).json()
+    prepare = [t for t in task_runs if t["name"].startswith("prepare-dataset")]
+    assert prepare and all(t["state"]["name"] == "Cached" for t in prepare)
+
+
+def test_bad_parameters_rejected_before_any_run(local_stack):
+    with pytest.raises(ConfigError) as err:
+        st.run_deployment(local_stack, "finetune-gpt2", {"nproc": 0, "work_dir": "../../etc", "bogus": 1,
+                                                         "corpus_dir": "x;rm -rf /"})
+    msg = str(err.value)
+    assert "4 problems" in msg and "nproc" in msg and "work_dir" in msg and "'bogus'" in msg and "corpus_dir" in msg
+
+
+def test_deployment_names_resolve_through_the_api(local_stack):
+    assert st.find_deployment(local_stack, "finetune-gpt2")["flow_name"] == "finetune-gpt2"
+    assert st.find_deployment(local_stack, "finetune-gpt2/finetune-gpt2")["name"] == "finetune-gpt2"
+    with pytest.raises(ConfigError, match="no deployment named 'nope'.*finetune-gpt2/finetune-gpt2"):
+        st.find_deployment(local_stack, "nope")
+    flow = httpx.post(f"{local_stack.api_url}/flows/", json={"name": "other-flow"}, timeout=10).json()
+    httpx.post(f"{local_stack.api_url}/deployments/", json={"name": "finetune-gpt2", "flow_id": flow["id"]},
+               timeout=10).raise_for_status()
+    with pytest.raises(ConfigError, match="ambiguous: finetune-gpt2/finetune-gpt2, other-flow/finetune-gpt2"):
+        st.find_deployment(local_stack, "finetune-gpt2")
+
+
+def test_nightly_schedule_is_deployed(local_stack):
+    dep = st.find_deployment(local_stack, "nightly-eval")
+    schedules = httpx.get(f"{local_stack.api_url}/deployments/{dep['id']}/schedules", timeout=10).json()
+    assert schedules and schedules[0]["schedule"]["cron"] == "0 2 * * *"
+    assert schedules[0]["schedule"]["timezone"] == "Asia/Shanghai"
+
+
+def test_cli_deployment_run_watch(local_stack, work_dir):
+    env = dict(os.environ)
+    r = subprocess.run([sys.executable, "-m", "mftasks.cli", "deployment", "run", "prepare-data", "-p",
+                        f"corpus_dir={work_dir / 'corpus'}", "-p", f"work_dir={work_dir / 'pipeline'}", "-p",
+                        "model_type=gpt2_tiny", "-p", "vocab_size=300", "--watch"],
+                       capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "created flow run" in r.stdout and "state: Completed" in r.stdout
