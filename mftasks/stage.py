@@ -55,6 +55,8 @@ class StageSpec:
     save_steps: int = 25
     logging_steps: int = 1
     seed: int = 1234
+    dropout: float | None = None
+    """Override the preset's dropout and attention dropout (e.g. 0 for bit-comparable runs)."""
     lora_rank: int | None = None
     lora_alpha: float | None = None
     predict_data: list[str] = field(default_factory=list)
@@ -88,10 +90,13 @@ class StageSpec:
                   "context": {"mode": "GRAPH_MODE", "device_target": "CPU"},
                   "parallel": {"parallel_mode": "DATA_PARALLEL", "gradients_mean": True},
                   "parallel_config": {"data_parallel": self.nproc},
-                  "model": {"model_type": self.model_type}, "pet": pet, "training": training,
+                  "model": {"model_type": self.model_type, **self._dropout()}, "pet": pet, "training": training,
                   "train_dataset": self.train_dataset, "eval_dataset": self.eval_dataset,
                   "predict": {"max_new_tokens": self.max_new_tokens}}
         return config
+
+    def _dropout(self) -> dict:
+        return {} if self.dropout is None else {"dropout": self.dropout, "attention_dropout": self.dropout}
 
 
 @dataclass

@@ -625,5 +625,5 @@ def _all_reduce_sum(values: list[float]) -> list[float]:
     import mindspore as ms
     from mindspore import ops
 
-    out = ops.AllReduce()(ms.Tensor(np.array(values, dtype=np.float64)))
+    out = ops.AllReduce()(ms.Tensor(np.array(values, dtype=np.float32)))  # CPU AllReduce has no float64
     return [float(x) for x in out.asnumpy()]
