@@ -32,8 +32,7 @@ def local_stack(tmp_path_factory):
     """A fresh server (own PREFECT_HOME and port) and one worker, stopped afterwards."""
     home = tmp_path_factory.mktemp("prefect-home")
     port = _free_port()
-    env = {"MFTASKS_PREFECT_HOME": str(home), "MFTASKS_PREFECT_PORT": str(port), "MFTASKS_PROJECT": str(REPO),
-           "MFTASKS_POOL": f"test-{port}"}
+    env = {"MFTASKS_PREFECT_HOME": str(home), "MFTASKS_PREFECT_PORT": str(port), "MFTASKS_PROJECT": str(REPO)}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     stack = st.Stack.from_env()
