@@ -173,7 +173,13 @@ def _add_launch(sub) -> None:
     add_commands(sub)
 
 
-_EXTRA_COMMANDS: list = [_add_run, _add_ranktable, _add_launch, _add_stack]
+def _add_ckpt(sub) -> None:
+    from .ckpt.cli import add_commands
+
+    add_commands(sub)
+
+
+_EXTRA_COMMANDS: list = [_add_run, _add_ranktable, _add_launch, _add_ckpt, _add_stack]
 
 
 if __name__ == "__main__":

@@ -38,13 +38,16 @@ class Stack:
     host: str = "127.0.0.1"
     port: int = 4200
     pool: str = "mftasks"
+    auth: str | None = None
+    """"user:password" for Prefect's basic auth (PREFECT_API_AUTH_STRING), for a shared server."""
 
     @classmethod
     def from_env(cls, project: str | Path | None = None) -> Stack:
         root = Path(project or os.environ.get("MFTASKS_PROJECT", Path.cwd())).resolve()
         port = int(os.environ.get("MFTASKS_PREFECT_PORT", "4200"))
         host = os.environ.get("MFTASKS_PREFECT_HOST", "127.0.0.1")
-        return cls(project=root, host=host, port=port, pool=os.environ.get("MFTASKS_POOL", "mftasks"))
+        return cls(project=root, host=host, port=port, pool=os.environ.get("MFTASKS_POOL", "mftasks"),
+                   auth=os.environ.get("PREFECT_API_AUTH_STRING") or None)
 
     @property
     def home(self) -> Path:
@@ -74,7 +77,17 @@ class Stack:
             "PREFECT_RUNNER_POLL_FREQUENCY": "1",
             "GLOG_v": env.get("GLOG_v", "3"),
         })
+        if self.auth:  # the server demands it, every client sends it
+            env["PREFECT_SERVER_API_AUTH_STRING"] = self.auth
+            env["PREFECT_API_AUTH_STRING"] = self.auth
         return env
+
+    def http(self):
+        """An httpx client for the API (basic auth when configured)."""
+        import httpx
+
+        auth = tuple(self.auth.split(":", 1)) if self.auth else None
+        return httpx.Client(base_url=self.api_url, auth=auth, timeout=30)
 
     def prefect(self) -> str:
         return str(Path(sys.executable).parent / "prefect")
@@ -85,7 +98,8 @@ def healthy(stack: Stack, timeout: float = 2.0) -> bool:
     import httpx
 
     try:
-        return httpx.get(f"{stack.api_url}/health", timeout=timeout).status_code == 200
+        with stack.http() as c:
+            return c.get("/health", timeout=timeout).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -128,12 +142,11 @@ def status(stack: Stack) -> str:
 
 # ---------------------------------------------------------------------------------------------- worker
 def ensure_pool(stack: Stack) -> None:
-    import httpx
-
-    r = httpx.get(f"{stack.api_url}/work_pools/{stack.pool}", timeout=10)
-    if r.status_code == 200:
-        return
-    r = httpx.post(f"{stack.api_url}/work_pools/", json={"name": stack.pool, "type": "process"}, timeout=10)
+    with stack.http() as c:
+        r = c.get(f"/work_pools/{stack.pool}")
+        if r.status_code == 200:
+            return
+        r = c.post("/work_pools/", json={"name": stack.pool, "type": "process"})
     if r.status_code not in (200, 201, 409):
         raise StackError(f"could not create work pool {stack.pool!r}: HTTP {r.status_code} {r.text[:200]}")
 
@@ -178,12 +191,10 @@ def deploy(stack: Stack, prefect_file: str = "deployments/prefect.yaml") -> str:
 
 def find_deployment(stack: Stack, name: str) -> dict:
     """Resolve 'flow/deployment' or a bare deployment name through the API (listing choices when unsure)."""
-    import httpx
-
     flow_name, _, dep_name = name.rpartition("/")
-    r = httpx.post(f"{stack.api_url}/deployments/filter", json={"deployments": {"name": {"any_": [dep_name]}}},
-                   timeout=10)
-    r.raise_for_status()
+    with stack.http() as c:
+        r = c.post("/deployments/filter", json={"deployments": {"name": {"any_": [dep_name]}}})
+    _raise_for_status(r)
     found = r.json()
     flows = {f["id"]: f["name"] for f in _flows(stack, {d["flow_id"] for d in found})}
     if flow_name:
@@ -192,7 +203,8 @@ def find_deployment(stack: Stack, name: str) -> dict:
         found[0]["flow_name"] = flows.get(found[0]["flow_id"])
         return found[0]
     if not found:
-        every = httpx.post(f"{stack.api_url}/deployments/filter", json={}, timeout=10).json()
+        with stack.http() as c:
+            every = c.post("/deployments/filter", json={}).json()
         names = {f["id"]: f["name"] for f in _flows(stack, {d["flow_id"] for d in every})}
         listing = ", ".join(sorted(f"{names.get(d['flow_id'])}/{d['name']}" for d in every)) or "(none)"
         raise ConfigError(f"no deployment named {name!r}; deployments on {stack.api_url}: {listing}. "
@@ -203,13 +215,18 @@ def find_deployment(stack: Stack, name: str) -> dict:
 
 
 def _flows(stack: Stack, ids: set[str]) -> list[dict]:
-    import httpx
-
     if not ids:
         return []
-    r = httpx.post(f"{stack.api_url}/flows/filter", json={"flows": {"id": {"any_": sorted(ids)}}}, timeout=10)
-    r.raise_for_status()
+    with stack.http() as c:
+        r = c.post("/flows/filter", json={"flows": {"id": {"any_": sorted(ids)}}})
+    _raise_for_status(r)
     return r.json()
+
+
+def _raise_for_status(r) -> None:
+    if r.status_code == 401:
+        raise StackError("the Prefect server asks for credentials (HTTP 401): set PREFECT_API_AUTH_STRING=user:password")
+    r.raise_for_status()
 
 
 def parse_params(pairs: list[str]) -> dict:
@@ -230,13 +247,11 @@ def parse_params(pairs: list[str]) -> dict:
 
 def run_deployment(stack: Stack, name: str, params: dict | None = None) -> dict:
     """Create a flow run of a deployment; the server validates the parameters against its schema."""
-    import httpx
-
     dep = find_deployment(stack, name)
     ConfigError.raise_if(parameter_problems(dep.get("parameter_openapi_schema") or {}, params or {}),
                          where=f"parameters of {dep['flow_name']}/{dep['name']}")
-    r = httpx.post(f"{stack.api_url}/deployments/{dep['id']}/create_flow_run", json={"parameters": params or {}},
-                   timeout=30)
+    with stack.http() as c:
+        r = c.post(f"/deployments/{dep['id']}/create_flow_run", json={"parameters": params or {}})
     if r.status_code >= 400:
         detail = r.json().get("detail", r.text) if r.headers.get("content-type", "").startswith("application/json") \
             else r.text
@@ -263,12 +278,11 @@ def parameter_problems(schema: dict, params: dict) -> list[str]:
 
 def watch(stack: Stack, flow_run_id: str, timeout: float | None = None, on_state=None) -> dict:
     """Poll a flow run until it ends; call on_state(name) at each state change; return the run."""
-    import httpx
-
     deadline = None if timeout is None else time.monotonic() + timeout
     last = None
     while True:
-        run = httpx.get(f"{stack.api_url}/flow_runs/{flow_run_id}", timeout=10).json()
+        with stack.http() as c:
+            run = c.get(f"/flow_runs/{flow_run_id}").json()
         state = (run.get("state") or {}).get("type")
         if state != last and on_state:
             on_state((run.get("state") or {}).get("name", state))
