@@ -1,10 +1,14 @@
 """Prefect tasks: each wraps one mftasks call and adds retries, caching, logs and artifacts."""
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from pathlib import Path
 
 from prefect import get_run_logger, task
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import MissingContextError
 from prefect.artifacts import (create_image_artifact, create_markdown_artifact, create_progress_artifact,
                                create_table_artifact, update_progress_artifact)
 from prefect.runtime import task_run
@@ -14,6 +18,14 @@ from mftasks.data import PrepareSpec, demo_corpus, plan, prepare, verify
 from mftasks.stage import StageFailed, StageSpec, run_stage
 
 
+def _log():
+    """The run logger inside a flow or task run; a plain logger when a task's .fn() is called directly."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("flows")
+
+
 # ---------------------------------------------------------------------------------------------- data
 @task(name="demo-corpus", persist_result=True)
 def ensure_demo_corpus(folder: str) -> dict:
@@ -21,7 +33,7 @@ def ensure_demo_corpus(folder: str) -> dict:
     root = Path(folder)
     if not (root / "checks" / "qa_checks.jsonl").is_file():
         c = demo_corpus.build(root)
-        get_run_logger().info("built demo corpus: %d pretraining and %d finetune documents",
+        _log().info("built demo corpus: %d pretraining and %d finetune documents",
                               c.pretrain_documents, c.finetune_documents)
     return {"pretrain": str(root / "pretrain"), "finetune": str(root / "finetune"),
             "checks": str(root / "checks" / "qa_checks.jsonl")}
@@ -37,8 +49,8 @@ def prepare_dataset(spec: dict) -> dict:
     """`mftasks data prepare` (idempotent; cached across flow runs by dataset_id)."""
     result = prepare(PrepareSpec(**spec))
     for w in result.warnings:
-        get_run_logger().warning(w)
-    get_run_logger().info("%s %s: %d train / %d eval samples (dataset_id %s)", result.status, result.output,
+        _log().warning(w)
+    _log().info("%s %s: %d train / %d eval samples (dataset_id %s)", result.status, result.output,
                           result.train_samples, result.eval_samples, result.dataset_id[:12])
     return {"output": str(result.output), "dataset_id": result.dataset_id, "train_samples": result.train_samples,
             "eval_samples": result.eval_samples, "tokenizer": str(result.output / "tokenizer.model")}
@@ -49,7 +61,7 @@ def prepared(spec: dict) -> dict:
     out = prepare_dataset(spec)
     folder = Path(out["output"])
     if not (folder / "manifest.json").is_file() or verify(folder):
-        get_run_logger().warning("cached dataset %s is missing or changed: preparing it again", folder)
+        _log().warning("cached dataset %s is missing or changed: preparing it again", folder)
         out = prepare_dataset.with_options(refresh_cache=True)(spec)
     return out
 
@@ -74,6 +86,11 @@ def generate_rank_table(nproc: int, path: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- stages
+def device_limit(node: str) -> str:
+    """The global concurrency limit counting a node's devices (created by `mftasks worker start`)."""
+    return f"devices-{node}"
+
+
 def _retry_if_retryable(task, task_run, state) -> bool:
     """Retry only infrastructure failures (killed, hang, timeout, crash); never user errors."""
     try:
@@ -92,7 +109,7 @@ def launch_ranks(spec: StageSpec, work_dir: str) -> dict:
     A retry resumes from the newest verified checkpoint of the stage (run_stage decides), after the
     previous attempt's processes are proven gone.
     """
-    log = get_run_logger()
+    log = _log()
     attempt = max(task_run.run_count - 1, 0)
     if attempt:
         log.warning("attempt %d of stage %s: resuming from the newest verified checkpoint", attempt + 1, spec.name)
@@ -102,8 +119,11 @@ def launch_ranks(spec: StageSpec, work_dir: str) -> dict:
         if line.strip():
             log.info("[%s] %s", "sched" if rank is None else f"rank {rank}", line.rstrip())
 
+    node = os.environ.get("MFTASKS_NODE", "local")
     try:
-        result = run_stage(spec, work_dir, attempt=attempt, on_line=forward)
+        # Device-denominated: one slot of this node's limit per rank, all at once or not at all.
+        with concurrency(device_limit(node), occupy=spec.nproc, strict=False):
+            result = run_stage(spec, work_dir, attempt=attempt, on_line=forward)
     except StageFailed as exc:
         log.error("stage %s failed (%s%s): %s", spec.name, exc.result.failure_class.value,
                   ", will retry" if exc.retryable else ", not retryable", exc.result.root_cause.describe())
@@ -168,7 +188,7 @@ def merge_checkpoints(output_dir: str, out_path: str) -> str:
     from mftasks.ckpt import merge_replicas
 
     if Path(out_path).exists():
-        get_run_logger().info("%s already published", out_path)
+        _log().info("%s already published", out_path)
         return out_path
     return str(merge_replicas(output_dir, out_path))
 

@@ -138,12 +138,13 @@ def _add_stack(sub) -> None:
         if args.action == "stop":
             print("stopped: " + (", ".join(st.stop_workers(s)) or "none"))
         else:
-            print(st.start_worker(s, queue=args.queue))
+            print(st.start_worker(s, queue=args.queue, devices=args.devices))
         return 0
 
     p = sub.add_parser("worker", help="a Prefect process worker on the project's work pool")
     p.add_argument("action", choices=["start", "stop"])
-    p.add_argument("--queue", help="work queue (one per node for multi-node dispatch)")
+    p.add_argument("--queue", help="work queue (one per node for multi-node dispatch), e.g. node-0")
+    p.add_argument("--devices", type=int, help="devices this node offers (its concurrency limit; default: CPUs)")
     p.set_defaults(func=worker)
 
     p = sub.add_parser("deploy", help="deploy every flow in deployments/prefect.yaml (from the repo root)")

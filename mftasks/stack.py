@@ -151,11 +151,27 @@ def ensure_pool(stack: Stack) -> None:
         raise StackError(f"could not create work pool {stack.pool!r}: HTTP {r.status_code} {r.text[:200]}")
 
 
-def start_worker(stack: Stack, queue: str | None = None, name: str | None = None) -> str:
-    """A process worker on the project's pool (optionally one work queue), in its own session."""
+def ensure_device_limit(stack: Stack, node: str, devices: int) -> None:
+    """The global concurrency limit `devices-<node>`, counted in devices (set to `devices`)."""
+    name = f"devices-{node}"
+    with stack.http() as c:
+        r = c.post("/v2/concurrency_limits/", json={"name": name, "limit": devices})
+        if r.status_code == 409 or (r.status_code >= 400 and "already exists" in r.text):
+            r = c.patch(f"/v2/concurrency_limits/{name}", json={"limit": devices})
+    if r.status_code >= 400:
+        raise StackError(f"could not set concurrency limit {name!r}: HTTP {r.status_code} {r.text[:200]}")
+
+
+def start_worker(stack: Stack, queue: str | None = None, name: str | None = None, devices: int | None = None) -> str:
+    """A process worker on the project's pool (optionally one work queue = one node), in its own session.
+
+    The node (the queue name, or "local") gets a device limit `devices-<node>` of `devices` slots
+    (default: this machine's CPU count) that launches on it occupy, one slot per rank."""
     if not healthy(stack):
         raise StackError(f"no Prefect server at {stack.api_url}; run `mftasks server start` first")
     ensure_pool(stack)
+    node = queue or "local"
+    ensure_device_limit(stack, node, devices or os.cpu_count() or 1)
     label = name or f"worker-{queue or 'default'}"
     pid_file = stack.home / f"{label}.pid"
     pid = _read_pid(pid_file)
@@ -165,8 +181,8 @@ def start_worker(stack: Stack, queue: str | None = None, name: str | None = None
     if queue:
         argv += ["--work-queue", queue]
     log = open(stack.home / f"{label}.log", "ab")
-    proc = subprocess.Popen(argv, env=stack.env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, cwd=stack.project)
+    proc = subprocess.Popen(argv, env={**stack.env(), "MFTASKS_NODE": node}, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True, cwd=stack.project)
     pid_file.write_text(str(proc.pid))
     return f"{label} started (pid {proc.pid}, pool {stack.pool}{', queue ' + queue if queue else ''})"
 

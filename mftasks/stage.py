@@ -48,6 +48,10 @@ class StageSpec:
     eval_dataset: str | None = None
     load_checkpoint: str | None = None
     nproc: int = 1
+    """Ranks on this node."""
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
     batch_size: int = 8
     max_steps: int = 50
     learning_rate: float = 1e-3
@@ -71,6 +75,14 @@ class StageSpec:
             p.append(f"run_mode={self.run_mode!r} is not one of {', '.join(RUN_MODES)}")
         if not isinstance(self.nproc, int) or self.nproc < 1:
             p.append(f"nproc={self.nproc!r} must be >= 1")
+        if not isinstance(self.nnodes, int) or self.nnodes < 1 or not 0 <= self.node_rank < self.nnodes:
+            p.append(f"node_rank={self.node_rank!r} must be in [0, nnodes={self.nnodes!r})")
+        for name in ("train_dataset", "eval_dataset"):
+            folder = getattr(self, name)
+            if folder is not None and not (Path(folder) / "manifest.json").is_file():
+                p.append(f"{name}={folder}: not a prepared dataset (no manifest.json); run `mftasks data prepare`")
+        if self.load_checkpoint is not None and not Path(self.load_checkpoint).exists():
+            p.append(f"load_checkpoint={self.load_checkpoint}: no such file or folder")
         if self.run_mode == "predict" and not self.predict_data:
             p.append("predict needs predict_data (a list of prompts)")
         return p
@@ -89,11 +101,15 @@ class StageSpec:
                   "load_checkpoint": self.load_checkpoint, "use_parallel": True,
                   "context": {"mode": "GRAPH_MODE", "device_target": "CPU"},
                   "parallel": {"parallel_mode": "DATA_PARALLEL", "gradients_mean": True},
-                  "parallel_config": {"data_parallel": self.nproc},
+                  "parallel_config": {"data_parallel": self.world_size},
                   "model": {"model_type": self.model_type, **self._dropout()}, "pet": pet, "training": training,
                   "train_dataset": self.train_dataset, "eval_dataset": self.eval_dataset,
                   "predict": {"max_new_tokens": self.max_new_tokens}}
         return config
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc * self.nnodes
 
     def _dropout(self) -> dict:
         return {} if self.dropout is None else {"dropout": self.dropout, "attention_dropout": self.dropout}
@@ -152,13 +168,16 @@ def run_stage(spec: StageSpec, work_dir: str | Path, attempt: int = 0, on_line=N
                              heartbeat_dir=str(Path(spec.output_dir) / "log") if spec.run_mode in ("train", "finetune")
                              else None,
                              hang_timeout=spec.hang_timeout, timeout=spec.timeout, attempt=attempt,
-                             master_port=spec.master_port, layout=(spec.nproc, 1, 1),
+                             nnodes=spec.nnodes, node_rank=spec.node_rank, master_addr=spec.master_addr,
+                             master_port=spec.master_port, layout=(spec.world_size, 1, 1),
                              env={"GLOG_v": os.environ.get("GLOG_v", "3")})
     started = time.time()
     result = launch(launch_spec, on_line=on_line, on_start=lambda pids: _record_pids(folder / "pids.json", pids, str(config_path.resolve())))
     ranks = [_rank_row(rank, outcome, result) for rank, outcome in sorted(result.ranks.items())]
     if not result.ok:
         raise StageFailed(spec.name, result)
+    if spec.node_rank != 0:  # global rank 0 (on node 0) writes the result
+        return StageResult(spec.name, {}, ranks, attempt, str(config_path), time.time() - started)
     try:
         payload = json.loads(result_file.read_text())
     except (OSError, json.JSONDecodeError) as exc:
