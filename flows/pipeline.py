@@ -70,8 +70,15 @@ def finetune_gpt2(corpus_dir: RelPath = "demo/corpus", work_dir: RelPath = "demo
                   learning_rate: LearningRate = 1e-3, lora_learning_rate: LearningRate = 3e-3,
                   seed: Annotated[int, Field(ge=0)] = 1234, predict_count: Annotated[int, Field(ge=0, le=64)] = 4,
                   stage_timeout_s: Annotated[float, Field(gt=0)] = 7200.0,
+                  hang_timeout_s: Annotated[float, Field(gt=0)] | None = None,
+                  save_every: Annotated[int, Field(ge=1)] | None = None,
+                  dropout: Annotated[float, Field(ge=0, lt=1)] | None = None,
                   master_port: Annotated[int, Field(ge=1024, le=65535)] = 8118) -> dict:
-    """The whole chain on the embedded demo corpus (or a corpus folder of the same layout)."""
+    """The whole chain on the embedded demo corpus (or a corpus folder of the same layout).
+
+    save_every: checkpoint interval of the training stages (default: a third of the steps);
+    hang_timeout_s: seconds without training progress that count as a hang (default: derived);
+    dropout: override the preset's dropout (0 makes runs bit-comparable, e.g. for resume checks)."""
     log = get_run_logger()
     started = time.time()
     run_dir = Path(work_dir) / "runs" / (flow_run.get_id() or "local")
@@ -80,19 +87,20 @@ def finetune_gpt2(corpus_dir: RelPath = "demo/corpus", work_dir: RelPath = "demo
         tasks.generate_rank_table(nproc, str(run_dir / "rank_table.json"))
 
     common = dict(model_type=model_type, nproc=nproc, batch_size=batch_size, seed=seed, timeout=stage_timeout_s,
-                  master_port=master_port)
+                  master_port=master_port, dropout=dropout)
     train_out = str(run_dir / "train")
     train = tasks.launch_ranks(StageSpec(name="train", run_mode="train", output_dir=train_out,
                                          train_dataset=pre["output"], max_steps=train_steps,
-                                         save_steps=max(train_steps // 3, 1), learning_rate=learning_rate,
-                                         **common), str(run_dir))
+                                         save_steps=save_every or max(train_steps // 3, 1), learning_rate=learning_rate,
+                                         hang_timeout=hang_timeout_s, **common), str(run_dir))
     base = tasks.merge_checkpoints(train_out, str(run_dir / "published" / "base.ckpt"))
 
     lora_out = str(run_dir / "lora")
     lora = tasks.launch_ranks(StageSpec(name="lora", run_mode="finetune", pet_method="lora", output_dir=lora_out,
                                         train_dataset=fin["output"], load_checkpoint=base, max_steps=finetune_steps,
-                                        save_steps=max(finetune_steps // 3, 1), learning_rate=lora_learning_rate,
-                                        **common), str(run_dir))
+                                        save_steps=save_every or max(finetune_steps // 3, 1),
+                                        learning_rate=lora_learning_rate, hang_timeout=hang_timeout_s, **common),
+                              str(run_dir))
     merged = tasks.merge_lora(base, lora["result"]["checkpoint"], str(run_dir / "published" / "merged.ckpt"))
 
     evals = {}

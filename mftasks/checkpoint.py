@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import faults
 from .errors import CheckpointError
 from .files import atomic_write_json, fsync_path, sha256_file
 
@@ -80,6 +81,7 @@ def save(cell, output_dir: str | Path, rank: int, prefix: str, epoch: int, step_
     try:
         ms.save_checkpoint(cell, str(tmp), choice_func=choice_func)
         fsync_path(tmp)
+        faults.inject("ckpt_write", step=manifest.get("global_step"), rank=rank)
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
