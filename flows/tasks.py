@@ -1,6 +1,7 @@
 """Prefect tasks: each wraps one mftasks call and adds retries, caching, logs and artifacts."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -40,8 +41,11 @@ def ensure_demo_corpus(folder: str) -> dict:
 
 
 def _dataset_key(context, parameters) -> str:
-    """Cache key: the dataset_id (sources + parameters + tokenizer), so reruns and retries skip the work."""
-    return "dataset-" + plan(PrepareSpec(**parameters["spec"]))
+    """Cache key: the dataset_id (sources + parameters + tokenizer) and where it is written, so reruns and
+    retries skip the work (the same data prepared into another folder is another result)."""
+    spec = PrepareSpec(**parameters["spec"])
+    where = hashlib.sha256(str(Path(spec.output).resolve()).encode()).hexdigest()[:12]
+    return f"dataset-{plan(spec)}-{where}"
 
 
 @task(name="prepare-dataset", cache_key_fn=_dataset_key, persist_result=True)
