@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -147,6 +148,8 @@ def ensure_pool(stack: Stack) -> None:
         if r.status_code == 200:
             return
         r = c.post("/work_pools/", json={"name": stack.pool, "type": "process"})
+    if r.status_code == 401:
+        _raise_for_status(r)
     if r.status_code not in (200, 201, 409):
         raise StackError(f"could not create work pool {stack.pool!r}: HTTP {r.status_code} {r.text[:200]}")
 
@@ -158,6 +161,8 @@ def ensure_device_limit(stack: Stack, node: str, devices: int) -> None:
         r = c.post("/v2/concurrency_limits/", json={"name": name, "limit": devices})
         if r.status_code == 409 or (r.status_code >= 400 and "already exists" in r.text):
             r = c.patch(f"/v2/concurrency_limits/{name}", json={"limit": devices})
+    if r.status_code == 401:
+        _raise_for_status(r)
     if r.status_code >= 400:
         raise StackError(f"could not set concurrency limit {name!r}: HTTP {r.status_code} {r.text[:200]}")
 
@@ -241,6 +246,9 @@ def _flows(stack: Stack, ids: set[str]) -> list[dict]:
 
 def _raise_for_status(r) -> None:
     if r.status_code == 401:
+        if os.environ.get("PREFECT_API_AUTH_STRING"):
+            raise StackError("the Prefect server rejected the credentials in PREFECT_API_AUTH_STRING (HTTP 401); "
+                             "check user and password")
         raise StackError("the Prefect server asks for credentials (HTTP 401): set PREFECT_API_AUTH_STRING=user:password")
     r.raise_for_status()
 
@@ -282,10 +290,16 @@ def parameter_problems(schema: dict, params: dict) -> list[str]:
     """Every problem with params against a deployment's parameter schema, each naming the parameter."""
     import jsonschema
 
+    def pattern(validator, regex, instance, schema):
+        """JSON Schema's `$` ends the string (ECMA-262); Python's also matches before a final newline."""
+        if validator.is_type(instance, "string") and not re.search(re.sub(r"(?<!\\)\$$", r"\\Z", regex), instance):
+            yield jsonschema.ValidationError(f"{instance!r} does not match {regex!r}")
+
     props = schema.get("properties", {})
     problems = [f"unknown parameter {k!r}; valid: {', '.join(sorted(props))}" for k in params if k not in props]
     known = {k: v for k, v in params.items() if k in props}
-    validator = jsonschema.Draft202012Validator({**schema, "required": []})
+    strict = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": pattern})
+    validator = strict({**schema, "required": []})
     for err in sorted(validator.iter_errors(known), key=lambda e: list(e.path)):
         where = ".".join(str(p) for p in err.path) or "(parameters)"
         problems.append(f"{where}: {err.message}")
@@ -298,7 +312,9 @@ def watch(stack: Stack, flow_run_id: str, timeout: float | None = None, on_state
     last = None
     while True:
         with stack.http() as c:
-            run = c.get(f"/flow_runs/{flow_run_id}").json()
+            r = c.get(f"/flow_runs/{flow_run_id}")
+        _raise_for_status(r)
+        run = r.json()
         state = (run.get("state") or {}).get("type")
         if state != last and on_state:
             on_state((run.get("state") or {}).get("name", state))

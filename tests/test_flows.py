@@ -109,11 +109,11 @@ def test_launch_takes_one_device_slot_per_rank(monkeypatch, tmp_path):
 
     def fake_run_stage(spec, work_dir, attempt=0, on_line=None):
         start = time.monotonic()
-        time.sleep(1.5)
+        time.sleep(2.0)
         intervals.append((start, time.monotonic()))
         from mftasks.stage import StageResult
 
-        return StageResult(spec.name, {}, [], attempt, "", 1.5)
+        return StageResult(spec.name, {}, [], attempt, "", 2.0)
 
     monkeypatch.setattr(tasks, "run_stage", fake_run_stage)
 
@@ -124,9 +124,8 @@ def test_launch_takes_one_device_slot_per_rank(monkeypatch, tmp_path):
         intervals.clear()
         spec = StageSpec(name="x", run_mode="eval", output_dir=str(tmp_path), nproc=2)
 
-        @flow
-        def one():
-            return tasks.launch_ranks(spec, str(tmp_path))
+        def one():  # the task's body (its concurrency block included), without flow-run start-up delays
+            return tasks.launch_ranks.fn(spec, str(tmp_path))
 
         threads = [threading.Thread(target=one) for _ in range(2)]
         for t in threads:
