@@ -63,3 +63,15 @@ def tiny_finetune_dataset(tmp_path_factory, tiny_dataset) -> Path:
     prepare(PrepareSpec(inputs=[str(qa)], output=str(out), tokenizer=str(tiny_dataset / "tokenizer.model"),
                         seq_length=TINY_SEQ, eval_fraction=0.1))
     return out
+
+
+def small_pretrain(root: Path, corpus_dir: Path, tokenizer: Path, approx_samples: int) -> Path:
+    """A pretraining set of roughly `approx_samples` train samples of 65 tokens (for runs of ~N steps)."""
+    text = (corpus_dir / "a.txt").read_text(encoding="utf-8")
+    src = root / "small.txt"
+    src.parent.mkdir(parents=True, exist_ok=True)
+    src.write_text(text[: approx_samples * 150], encoding="utf-8")
+    out = root / "small-pretrain"
+    prepare(PrepareSpec(inputs=[str(src)], output=str(out), tokenizer=str(tokenizer), seq_length=TINY_SEQ,
+                        eval_fraction=0.1))
+    return out

@@ -75,15 +75,18 @@ def test_model_parallel_on_cpu_fails_before_launch(tmp_path, tiny_dataset):
 def sample_data(tmp_path_factory, tiny_dataset):
     """A finetune set big enough for the sample's warmup_steps=100 on 2 ranks x batch 2."""
     root = tmp_path_factory.mktemp("sample")
-    qa = write_qa(root / "qa.jsonl", n=4000, seed=11)
+    qa = write_qa(root / "qa.jsonl", n=2200, seed=11)
     out = root / "finetune"
     prepare(PrepareSpec(inputs=[str(qa)], output=str(out), tokenizer=str(tiny_dataset / "tokenizer.model"),
                         seq_length=64, eval_fraction=0.05))
     return out
 
 
-def test_mindformers_distributed_sample_under_mftasks_launch(tmp_path, tiny_dataset, sample_data):
+def test_mindformers_distributed_sample_under_mftasks_launch(tmp_path, corpus_dir, tiny_dataset, sample_data):
     """distribute_task.py, only imports and device changed, 2 ranks, --data_parallel 2, four modes."""
+    from conftest import small_pretrain
+
+    pretrain = small_pretrain(tmp_path / "data", corpus_dir, tiny_dataset / "tokenizer.model", 480)
     env = dict(os.environ, GLOG_v="3", PYTHONPATH=str(REPO))
     sample = str(REPO / "tests" / "fixtures" / "mindformers_distribute_task.py")
 
@@ -95,10 +98,10 @@ def test_mindformers_distributed_sample_under_mftasks_launch(tmp_path, tiny_data
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         return r
 
-    launch("--train_dataset", str(tiny_dataset), "--run_mode", "train")
+    launch("--train_dataset", str(pretrain), "--run_mode", "train")
     for rank in (0, 1):
         assert list((tmp_path / "output" / "checkpoint" / f"rank_{rank}").glob(f"mindformers_rank_{rank}-1_*.ckpt"))
-    launch("--eval_dataset", str(tiny_dataset), "--run_mode", "eval")
+    launch("--eval_dataset", str(pretrain), "--run_mode", "eval")
     launch("--train_dataset", str(sample_data), "--pet_method", "lora", "--run_mode", "finetune")
     for rank in (0, 1):
         assert list((tmp_path / "output" / "checkpoint" / f"rank_{rank}").glob("mindformers_lora_rank_*.ckpt"))
