@@ -91,6 +91,14 @@ def through_deployment(rel: Path) -> tuple[float, float]:
             raise SystemExit(f"deployment run ended {final['state']['name']}")
         start = dt.datetime.fromisoformat(final["start_time"].replace("Z", "+00:00"))
         created = dt.datetime.fromisoformat(final["created"].replace("Z", "+00:00"))
+        with stack.http() as c:
+            runs = c.post("/task_runs/filter", json={"task_runs": {"flow_run_id": {"any_": [run["id"]]}}}).json()
+        stamp = lambda v: dt.datetime.fromisoformat(v.replace("Z", "+00:00"))  # noqa: E731
+        spans = sorted((stamp(r["start_time"]), stamp(r["end_time"]), r["name"]) for r in runs
+                       if r.get("start_time") and r.get("end_time"))
+        print("task runs of the deployment run (seconds from flow start):")
+        for s0, s1, name in spans:
+            print(f"  {(s0 - start).total_seconds():6.1f} {(s1 - s0).total_seconds():6.1f}s  {name}")
         return total, (start - created).total_seconds()
     finally:
         st.stop_workers(stack)

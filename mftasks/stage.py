@@ -98,7 +98,7 @@ class StageSpec:
             pet.update({k: v for k, v in (("lora_rank", self.lora_rank), ("lora_alpha", self.lora_alpha))
                         if v is not None})
         config = {"run_mode": self.run_mode, "seed": self.seed, "output_dir": str(self.output_dir),
-                  "load_checkpoint": self.load_checkpoint, "use_parallel": True,
+                  "load_checkpoint": self.load_checkpoint, "use_parallel": self.world_size > 1,
                   "context": {"mode": "GRAPH_MODE", "device_target": "CPU"},
                   "parallel": {"parallel_mode": "DATA_PARALLEL", "gradients_mean": True},
                   "parallel_config": {"data_parallel": self.world_size},
@@ -164,7 +164,10 @@ def run_stage(spec: StageSpec, work_dir: str | Path, attempt: int = 0, on_line=N
             "--result_file", str(result_file.resolve())]
     if spec.run_mode == "predict":
         argv += ["--predict_data", *spec.predict_data]
-    launch_spec = LaunchSpec(program=argv, nproc_per_node=spec.nproc, log_dir=str(folder / "log"),
+    # One rank needs no cluster: skip the scheduler's start-up and shut-down (seconds per stage).
+    mode = "standalone" if spec.world_size == 1 else "dynamic-cluster"
+    launch_spec = LaunchSpec(program=argv, nproc_per_node=spec.nproc, mode=mode, log_dir=str(folder / "log"),
+                             scheduler_grace=1.0,
                              heartbeat_dir=str(Path(spec.output_dir) / "log") if spec.run_mode in ("train", "finetune")
                              else None,
                              hang_timeout=spec.hang_timeout, timeout=spec.timeout, attempt=attempt,

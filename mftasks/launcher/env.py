@@ -51,6 +51,8 @@ def rank_vars(spec: LaunchSpec, lr: LocalRank) -> dict[str, str]:
     if spec.mode == "rank-table":
         return {**_rank_table(spec), "RANK_SIZE": str(spec.world_size), "DEVICE_ID": str(lr.device_id),
                 "RANK_ID": str(lr.rank)}
+    if spec.mode == "standalone":
+        return {"RANK_ID": "0", "RANK_SIZE": "1", "LOCAL_RANK": "0", "DEVICE_ID": str(lr.device_id)}
     return {"MS_ROLE": "MS_WORKER", **_cluster(spec), "MS_NODE_ID": str(lr.rank), "RANK_ID": str(lr.rank),
             "RANK_SIZE": str(spec.world_size), "LOCAL_RANK": str(lr.local_rank),
             "DEVICE_ID": str(lr.device_id), **_rank_table(spec)}

@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 from .errors import LaunchSpecError
 
-MODES = ("dynamic-cluster", "rank-table")
+MODES = ("dynamic-cluster", "rank-table", "standalone")
 
 # Variables the launcher sets per rank; `spec.env` may not override them.
 OWNED_ENV = ("MS_ROLE", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_WORKER_NUM", "MS_NODE_ID", "RANK_ID",
@@ -70,7 +70,8 @@ class LaunchSpec:
     nproc_per_node: int
     """Processes (ranks) started on this node."""
     mode: str = "dynamic-cluster"
-    """"dynamic-cluster" (MindSpore scheduler + workers, what msrun does) or "rank-table" (legacy Ascend)."""
+    """"dynamic-cluster" (MindSpore scheduler + workers, what msrun does), "rank-table" (legacy Ascend) or
+    "standalone" (one process, no cluster: the single-rank case without a scheduler's start-up cost)."""
     nnodes: int = 1
     """Nodes in the job; world size = nnodes * nproc_per_node."""
     node_rank: int = 0
@@ -147,6 +148,10 @@ class LaunchSpec:
                     set_(name, os.fspath(v))
                 else:
                     problems.append(f"{name}={v!r} must be a path")
+        if (self.mode == "standalone" and _is_int(self.nproc_per_node) and _is_int(self.nnodes)
+                and self.nproc_per_node * self.nnodes != 1):
+            problems.append("mode='standalone' runs exactly one process (no cluster); use dynamic-cluster for "
+                            f"{self.nproc_per_node * self.nnodes} ranks")
         if self.mode == "rank-table" and self.rank_table is None:
             problems.append("mode='rank-table' needs rank_table (the HCCL rank table JSON, --rank-table FILE)")
 
