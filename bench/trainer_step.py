@@ -6,7 +6,8 @@ Run: .venv/bin/python bench/trainer_step.py [--preset gpt2_small_cpu --batch 8 -
 In one process: (1) a bare GRAPH-mode train step (nn.TrainOneStepCell over GPT2WithLoss with the
 same AdamWeightDecay and schedule the Trainer builds) called in a tight loop on one fixed batch; (2) `Trainer.train()` on the prepared demo corpus with the same preset, batch and
 optimizer.  Both are timed over the same steps after the same warm-up (compile excluded), syncing
-every `--sync` steps.  Prints the steady step times, their ratio (goal <= 1.03) and tokens/s.
+every `--sync` steps; each figure is the median over those windows, which keeps a burst of load from
+another process out of it.  Prints the steady step times, their ratio (goal <= 1.03) and tokens/s.
 """
 from __future__ import annotations
 
@@ -42,13 +43,15 @@ def bare_step_time(cfg, batch, warmup, steps, sync, lr):
     mask = ms.Tensor(np.ones((batch, cfg.seq_length + 1), np.int32))
     for _ in range(warmup):
         step(ids, mask).asnumpy()
-    t = time.perf_counter()
+    windows, t = [], time.perf_counter()
     for i in range(steps):
         loss = step(ids, mask)
         if (i + 1) % sync == 0:
             loss.asnumpy()
-    loss.asnumpy()
-    return (time.perf_counter() - t) / steps
+            now = time.perf_counter()
+            windows.append((now - t) / sync)
+            t = now
+    return float(np.median(windows))
 
 
 def trainer_step_time(preset, dataset, batch, warmup, steps, sync, lr, workdir):
@@ -62,10 +65,9 @@ def trainer_step_time(preset, dataset, batch, warmup, steps, sync, lr, workdir):
     # Time the loop from the metrics it writes: wall time of the first synced step after warm-up to the last.
     t.train()
     lines = [json.loads(l) for l in (out / "log" / "rank_0" / "metrics.jsonl").read_text().splitlines()]
-    walls = {l["step"]: l["wall_time"] for l in lines}
-    first = min(s for s in walls if s >= warmup)
-    last = max(walls)
-    return (walls[last] - walls[first]) / (last - first), t
+    walls = sorted((l["step"], l["wall_time"]) for l in lines if l["step"] >= warmup)
+    windows = [(w1 - w0) / (s1 - s0) for (s0, w0), (s1, w1) in zip(walls, walls[1:])]
+    return float(np.median(windows)), t
 
 
 def main() -> int:
