@@ -75,3 +75,68 @@ def small_pretrain(root: Path, corpus_dir: Path, tokenizer: Path, approx_samples
     prepare(PrepareSpec(inputs=[str(src)], output=str(out), tokenizer=str(tokenizer), seq_length=TINY_SEQ,
                         eval_fraction=0.1))
     return out
+
+
+# ---------------------------------------------------------------------------------------------- Prefect stack
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def local_stack(tmp_path_factory):
+    """A real Prefect server (own PREFECT_HOME, free port) with one worker and every deployment; shared by
+    the end-to-end and UI tests, stopped at the end of the session."""
+    from mftasks import stack as st
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    env = {"MFTASKS_PREFECT_HOME": str(home), "MFTASKS_PREFECT_PORT": str(free_port()), "MFTASKS_PROJECT": str(REPO)}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    stack = st.Stack.from_env()
+    try:
+        st.start_server(stack)
+        st.start_worker(stack)
+        st.deploy(stack)
+        yield stack
+    finally:
+        st.stop_workers(stack)
+        st.stop_server(stack)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def work_dir():
+    """Deployment parameters are project-relative paths: work inside build/ (git-ignored)."""
+    import shutil
+    import uuid
+
+    rel = Path("build") / f"e2e-{uuid.uuid4().hex[:8]}"
+    demo_corpus.build(REPO / rel / "corpus", max_bytes=150_000, qa_pairs=2500, checks=8)
+    yield rel
+    shutil.rmtree(REPO / rel, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def finished_pipeline(local_stack, work_dir):
+    """One completed finetune-gpt2 deployment run (gpt2_tiny): (flow run, summary)."""
+    from mftasks import stack as st
+
+    params = {"corpus_dir": str(work_dir / "corpus"), "work_dir": str(work_dir / "pipeline"),
+              "model_type": "gpt2_tiny", "vocab_size": 300, "train_steps": 30, "finetune_steps": 30,
+              "batch_size": 8, "predict_count": 2, "master_port": free_port()}
+    run = st.run_deployment(local_stack, "finetune-gpt2", params)
+    final = st.watch(local_stack, run["id"], timeout=900)
+    assert final["state"]["type"] == "COMPLETED", final["state"]
+    summary = json.loads((REPO / work_dir / "pipeline" / "runs" / run["id"] / "summary.json").read_text())
+    return run, summary

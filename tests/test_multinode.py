@@ -7,7 +7,6 @@ import socket
 import uuid
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 

@@ -1,74 +1,23 @@
 """End to end through a real Prefect server and worker: deploy, run finetune-gpt2, check what it wrote."""
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import uuid
-from pathlib import Path
 
 import httpx
 import pytest
 
 from mftasks import stack as st
-from mftasks.data import demo_corpus
 from mftasks.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, free_port
+
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def local_stack(tmp_path_factory):
-    """A fresh server (own PREFECT_HOME and port) and one worker, stopped afterwards."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
-    env = {"MFTASKS_PREFECT_HOME": str(home), "MFTASKS_PREFECT_PORT": str(port), "MFTASKS_PROJECT": str(REPO)}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    stack = st.Stack.from_env()
-    try:
-        st.start_server(stack)
-        st.start_worker(stack)
-        st.deploy(stack)
-        yield stack
-    finally:
-        st.stop_workers(stack)
-        st.stop_server(stack)
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-@pytest.fixture(scope="module")
-def work_dir():
-    """Deployment parameters are project-relative paths: work inside build/ (git-ignored)."""
-    rel = Path("build") / f"e2e-{uuid.uuid4().hex[:8]}"
-    corpus = REPO / rel / "corpus"
-    demo_corpus.build(corpus, max_bytes=150_000, qa_pairs=2500, checks=8)
-    yield rel
-    shutil.rmtree(REPO / rel, ignore_errors=True)
-
-
-def test_finetune_gpt2_deployment_runs_to_completion(local_stack, work_dir):
-    params = {"corpus_dir": str(work_dir / "corpus"), "work_dir": str(work_dir / "pipeline"),
-              "model_type": "gpt2_tiny", "vocab_size": 300, "train_steps": 30, "finetune_steps": 30,
-              "batch_size": 8, "predict_count": 2, "master_port": _free_port()}
-    run = st.run_deployment(local_stack, "finetune-gpt2", params)
-    final = st.watch(local_stack, run["id"], timeout=900)
-    assert final["state"]["type"] == "COMPLETED", final["state"]
-    summary = json.loads((REPO / work_dir / "pipeline" / "runs" / run["id"] / "summary.json").read_text())
+def test_finetune_gpt2_deployment_runs_to_completion(local_stack, finished_pipeline):
+    run, summary = finished_pipeline
     m = summary["metrics"]
     assert m["finetune_merged_PPL"] < m["finetune_base_PPL"]  # the finetune worked on its domain
     assert len(summary["predictions"]) == 2
@@ -85,7 +34,7 @@ def test_finetune_gpt2_deployment_runs_to_completion(local_stack, work_dir):
 def test_second_run_reuses_cached_data_preparation(local_stack, work_dir):
     params = {"corpus_dir": str(work_dir / "corpus"), "work_dir": str(work_dir / "pipeline"),
               "model_type": "gpt2_tiny", "vocab_size": 300, "train_steps": 4, "finetune_steps": 4,
-              "batch_size": 4, "predict_count": 0, "master_port": _free_port()}
+              "batch_size": 4, "predict_count": 0, "master_port": free_port()}
     run = st.run_deployment(local_stack, "finetune-gpt2", params)
     final = st.watch(local_stack, run["id"], timeout=900)
     assert final["state"]["type"] == "COMPLETED", final["state"]

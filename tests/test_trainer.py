@@ -11,7 +11,7 @@ import pytest
 
 from mftasks import Trainer, TrainingArguments
 from mftasks import checkpoint as ckpt
-from mftasks.errors import CheckpointError, ConfigError, DataError, DeviceError
+from mftasks.errors import ConfigError
 
 TINY = {"model_type": "gpt2_tiny", "dropout": 0.0, "attention_dropout": 0.0}
 
@@ -86,8 +86,6 @@ def test_lora_trains_only_adapter_parameters(tiny_dataset):
 
 
 def test_evaluate_is_token_weighted_mean(trained, tiny_dataset):
-    import mindspore as ms
-
     from mftasks.data import load
     from mftasks.model import GPT2EvalLoss
 

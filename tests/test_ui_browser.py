@@ -21,7 +21,6 @@ import socket
 import subprocess
 import tempfile
 import time
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,7 +28,6 @@ import httpx
 import pytest
 
 from mftasks import stack as st
-from mftasks.data import demo_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -173,32 +171,13 @@ def _environ(**values: str | None):
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """(stack, flow run id, chromium) after a tiny finetune-gpt2 run completed; server and worker stopped at the end.
+def finished_run(local_stack, finished_pipeline):
+    """(stack, flow run id, chromium) after the session's tiny finetune-gpt2 run completed (tests/conftest.py).
 
-    A server without basic auth on 127.0.0.1 (whatever this shell has set), so the UI opens without a login."""
-    chromium = _ensure_chromium()  # before the run: a missing browser fails in seconds, not minutes
-    rel = Path("build") / f"ui-{uuid.uuid4().hex[:8]}"  # deployment parameters are project-relative
-    home = tmp_path_factory.mktemp("prefect-home")
-    with _environ(MFTASKS_PREFECT_HOME=str(home), MFTASKS_PREFECT_PORT=str(_free_port()), MFTASKS_PROJECT=str(REPO),
-                  MFTASKS_PREFECT_HOST=None, PREFECT_API_AUTH_STRING=None, PREFECT_SERVER_API_AUTH_STRING=None):
-        stack = st.Stack.from_env()
-        try:
-            st.start_server(stack)
-            st.start_worker(stack)
-            st.deploy(stack)
-            demo_corpus.build(REPO / rel / "corpus", max_bytes=150_000, qa_pairs=2500, checks=8)
-            params = {"corpus_dir": str(rel / "corpus"), "work_dir": str(rel / "pipeline"), "model_type": "gpt2_tiny",
-                      "vocab_size": 300, "train_steps": 4, "finetune_steps": 4, "batch_size": 4, "predict_count": 1,
-                      "master_port": _free_port()}
-            run = st.run_deployment(stack, "finetune-gpt2", params)
-            final = st.watch(stack, run["id"], timeout=600)
-            assert final["state"]["type"] == "COMPLETED", final["state"]
-            yield stack, run["id"], chromium
-        finally:
-            st.stop_workers(stack)
-            st.stop_server(stack)
-            shutil.rmtree(REPO / rel, ignore_errors=True)
+    That server runs without basic auth on 127.0.0.1, so the UI opens without a login."""
+    chromium = _ensure_chromium()
+    run, _ = finished_pipeline
+    return local_stack, run["id"], chromium
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .. import __version__
-from ..errors import ConfigError, DataError, OutputExistsError
+from ..errors import ConfigError, DataError
 from ..files import (atomic_write_json, copy_durable, fsync_tree, publish_dir, remove_stale_staging,
                      sha256_file, sha256_json, staging_dir)
 from . import manifest as mf

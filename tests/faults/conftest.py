@@ -1,0 +1,370 @@
+"""Fault tests: one Prefect server + worker for the whole folder, and the helpers that watch a real
+finetune-gpt2 deployment run, inject a fault into it and time the recovery.
+
+Everything is observed from outside, as an operator would: the run folder (pids.json, heartbeats,
+metrics.jsonl, checkpoints, rank logs) and the server's API (states, task runs, logs).  A fault's
+environment (MFTASKS_FAULTS) reaches the flow-run process, and so its ranks, through the flow run's
+job variables (`{"env": {...}}`, which the process worker merges into the flow run's environment),
+so one worker serves every test.
+
+Set MFTASKS_FAULTS_REPORT=FILE to collect each test's recovery breakdown as JSON (bench/faults.py
+does); MFTASKS_FAULTS_KEEP=1 keeps the work folder under build/ for a look afterwards.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mftasks import stack as st
+from mftasks.data import demo_corpus
+
+REPO = Path(__file__).resolve().parents[2]
+NPROC = 2
+# The run every fault test starts from: tiny, 2 ranks, a checkpoint every 4 steps, no dropout (so an
+# interrupted and an uninterrupted run can be compared weight by weight), no predictions.
+BASE_PARAMS = {"model_type": "gpt2_tiny", "vocab_size": 300, "nproc": NPROC, "train_steps": 16,
+               "finetune_steps": 4, "batch_size": 4, "save_every": 4, "predict_count": 0, "dropout": 0.0}
+RUN_TIMEOUT = 600.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="session")
+def fault_stack(tmp_path_factory):
+    """A fresh server (own PREFECT_HOME and port), one worker and the deployments, for all fault tests.
+
+    The worker's node gets 4 device slots (2 per gang): a flow-run process killed with SIGKILL cannot
+    give back the 2 slots its launch holds, and Prefect only reclaims them when the lease expires
+    (300 s, see docs/RELIABILITY.md); the retry in test_flow_process_killed must not wait for that."""
+    home = tmp_path_factory.mktemp("prefect-faults")
+    env = {"MFTASKS_PREFECT_HOME": str(home), "MFTASKS_PREFECT_PORT": str(free_port()),
+           "MFTASKS_PROJECT": str(REPO)}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    stack = st.Stack.from_env()
+    try:
+        st.start_server(stack)
+        st.start_worker(stack, devices=2 * NPROC)
+        st.deploy(stack)
+        yield stack
+    finally:
+        st.stop_workers(stack)
+        st.stop_server(stack)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def fault_work():
+    """Deployment parameters are project-relative paths: one work folder under build/ (git-ignored)
+    shared by every fault run, so the datasets are prepared once and cached after."""
+    rel = Path("build") / f"faults-{uuid.uuid4().hex[:8]}"
+    demo_corpus.build(REPO / rel / "corpus", max_bytes=150_000, qa_pairs=2500, checks=8)
+    yield rel
+    if not os.environ.get("MFTASKS_FAULTS_KEEP"):
+        shutil.rmtree(REPO / rel, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def recovery_report():
+    """Recovery breakdowns of the tests, written to $MFTASKS_FAULTS_REPORT (JSON) at the end."""
+    rows: list[dict] = []
+    yield rows
+    path = os.environ.get("MFTASKS_FAULTS_REPORT")
+    if path:
+        Path(path).write_text(json.dumps(rows, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------- runs
+@dataclass
+class Run:
+    """One flow run of finetune-gpt2 and the folder it writes."""
+
+    stack: st.Stack
+    id: str
+    work: Path
+    """Project-relative work_dir of the run."""
+
+    @classmethod
+    def start(cls, stack: st.Stack, work: Path, env: dict[str, str] | None = None, **params) -> "Run":
+        params = {**BASE_PARAMS, "corpus_dir": str(work / "corpus"), "work_dir": str(work / "pipeline"),
+                  "master_port": free_port(), **params}
+        dep = st.find_deployment(stack, "finetune-gpt2/finetune-gpt2")
+        body = {"parameters": params}
+        if env:
+            body["job_variables"] = {"env": env}
+        r = api(stack, "post", f"/deployments/{dep['id']}/create_flow_run", json=body)
+        return cls(stack, r["id"], work / "pipeline")
+
+    @property
+    def dir(self) -> Path:
+        return REPO / self.work / "runs" / self.id
+
+    def out(self, stage: str) -> Path:
+        """The Trainer's output folder of a training stage (train, lora)."""
+        return self.dir / stage
+
+    def stage(self, name: str) -> Path:
+        return self.dir / "stages" / name
+
+    # -- what the server says
+    def read(self) -> dict:
+        return api(self.stack, "get", f"/flow_runs/{self.id}")
+
+    def state(self) -> str:
+        return (self.read().get("state") or {}).get("type", "")
+
+    def wait(self, timeout: float = RUN_TIMEOUT) -> dict:
+        return st.watch(self.stack, self.id, timeout=timeout)
+
+    def states(self) -> list[dict]:
+        """Every state the run went through, oldest first."""
+        rows = api(self.stack, "get", "/flow_run_states/", params={"flow_run_id": self.id})
+        return sorted(rows, key=lambda s: s["timestamp"])
+
+    def task_runs(self) -> list[dict]:
+        return api(self.stack, "post", "/task_runs/filter",
+                   json={"task_runs": {"flow_run_id": {"any_": [self.id]}}, "sort": "EXPECTED_START_TIME_ASC"})
+
+    def logs(self) -> list[dict]:
+        """Every log record of the run, oldest first (read through POST /api/logs/filter)."""
+        rows, offset = [], 0
+        while True:
+            page = api(self.stack, "post", "/logs/filter",
+                       json={"logs": {"flow_run_id": {"any_": [self.id]}}, "sort": "TIMESTAMP_ASC",
+                             "limit": 200, "offset": offset})
+            rows += page
+            if len(page) < 200:
+                return rows
+            offset += len(page)
+
+    def add_markdown_artifact(self, key: str, markdown: str, description: str) -> None:
+        api(self.stack, "post", "/artifacts/", json={"key": key, "type": "markdown", "data": markdown,
+                                                     "description": description, "flow_run_id": self.id})
+
+    # -- what the folder says
+    def pids(self, stage: str) -> dict | None:
+        """stages/<stage>/pids.json once the whole gang (scheduler + ranks) has started."""
+        try:
+            rec = json.loads((self.stage(stage) / "pids.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return rec if len(rec.get("pids", [])) == NPROC + 1 else None
+
+    def heartbeat(self, stage: str, rank: int) -> dict | None:
+        try:
+            return json.loads((self.out(stage) / "log" / f"rank_{rank}" / "heartbeat.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def metrics(self, stage: str, rank: int = 0) -> list[dict]:
+        path = self.out(stage) / "log" / f"rank_{rank}" / "metrics.jsonl"
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            return []
+        rows = []
+        for line in lines:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                pass  # a line being written
+        return rows
+
+    def checkpoints(self, stage: str, rank: int) -> list[Path]:
+        """Committed checkpoints of a rank (with a manifest), by global step."""
+        folder = self.out(stage) / "checkpoint" / f"rank_{rank}"
+        found = []
+        for m in folder.glob("*.manifest.json"):
+            try:
+                found.append((json.loads(m.read_text())["global_step"],
+                              m.with_name(m.name.removesuffix(".manifest.json") + ".ckpt")))
+            except (OSError, ValueError, KeyError):
+                pass
+        return [p for _, p in sorted(found)]
+
+    def rank_log(self, stage: str, rank: int, attempt: int = 0) -> str:
+        folder = self.stage(stage) / "log"
+        if attempt:
+            folder = folder / f"attempt_{attempt}"
+        try:
+            return (folder / f"rank_{rank}" / "mindformer.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def wait_for(self, what: str, fn, timeout: float = 300.0, poll: float = 0.05, allow_end: bool = False):
+        """Poll fn() until it returns something truthy; fail early if the run ends meanwhile."""
+        deadline, next_state = time.monotonic() + timeout, 0.0
+        while True:
+            value = fn()
+            if value:
+                return value
+            now = time.monotonic()
+            if not allow_end and now >= next_state:
+                next_state = now + 1.0
+                state = self.state()
+                if state in st.TERMINAL:
+                    raise AssertionError(f"flow run {self.id} ended {state} while waiting for {what}")
+            if now > deadline:
+                raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (run {self.id})")
+            time.sleep(poll)
+
+
+def api(stack: st.Stack, method: str, path: str, **kw):
+    with stack.http() as c:
+        r = getattr(c, method)(path, **kw)
+    r.raise_for_status()
+    return r.json() if r.content else None
+
+
+# ---------------------------------------------------------------------------------------------- processes
+def alive(pid: int) -> bool:
+    """Alive and not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1][0] not in "ZX"
+    except (OSError, IndexError):
+        return False
+
+
+def kill(pid: int, sig: int) -> float:
+    """Send sig and return the wall time it was sent."""
+    t = time.time()
+    os.kill(pid, sig)
+    return t
+
+
+def flow_run_of(pid: int) -> str | None:
+    """PREFECT__FLOW_RUN_ID of a process (the flow-run process and its ranks carry it)."""
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for item in env:
+        if item.startswith(b"PREFECT__FLOW_RUN_ID="):
+            return item.split(b"=", 1)[1].decode()
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- recovery timing
+@dataclass
+class Recovery:
+    """Wall-clock times of one fault and its recovery (seconds since the epoch).
+
+    detect = fault -> the launcher (or Prefect) noticed; teardown = noticed -> every process of the
+    failed gang gone; restart = gone -> the retry's gang started; first step = started -> the first
+    new metrics.jsonl line of rank 0."""
+
+    fault: str
+    stage: str
+    t_fault: float
+    t_detect: float | None = None
+    t_gone: float | None = None
+    t_start: float | None = None
+    t_first: float | None = None
+    detected_by: str = "launcher"
+    last_step_before: int | None = None
+    """Rank 0's last logged step before the fault's gang was gone."""
+    resume_step: int | None = None
+    """The step the new gang resumed from (its first logged step - 1)."""
+    notes: list[str] = field(default_factory=list)
+
+    def durations(self) -> dict[str, float | None]:
+        def d(a, b):  # t_detect is estimated to ~0.05 s (see detect_time): never report a negative span
+            return None if a is None or b is None else round(max(b - a, 0.0), 2)
+        return {"detect": d(self.t_fault, self.t_detect), "teardown": d(self.t_detect, self.t_gone),
+                "restart": d(self.t_gone, self.t_start), "first_step": d(self.t_start, self.t_first),
+                "total": d(self.t_fault, self.t_first)}
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), **self.durations()}
+
+    def markdown(self) -> str:
+        d = self.durations()
+        cells = " | ".join("-" if d[k] is None else f"{d[k]:.2f}" for k in d)
+        lines = [f"## Recovery from: {self.fault} ({self.stage})", "",
+                 "| detect (s) | teardown (s) | restart (s) | first step (s) | total (s) |",
+                 "|---:|---:|---:|---:|---:|", f"| {cells} |", "",
+                 f"detected by: {self.detected_by}. Anchor: MindFormers' shell launch leaves survivors waiting "
+                 "for HCCL's 1836 s timeout before a dead rank is noticed."]
+        return "\n".join(lines + [f"- {n}" for n in self.notes])
+
+
+def follow_recovery(run: Run, stage: str, old: dict, rec: Recovery, timeout: float = 300.0, allow_end: bool = False,
+                    on_gone=None) -> dict:
+    """After a fault in `stage`: wait until every process in the old pids.json record is gone, then for
+    the next gang's pids.json, then for its first metrics line; fill in the times, rank 0's last step
+    before and the step resumed from; return the new gang's pids.json record."""
+    old_pids = old["pids"]
+    rec.t_gone = run.wait_for(f"the old gang {old_pids} of {stage} to be gone",
+                              lambda: None if any(alive(p) for p in old_pids) else time.time(), timeout, poll=0.02,
+                              allow_end=allow_end)
+    if on_gone is not None:
+        on_gone()
+    before = run.metrics(stage)
+    new = run.wait_for(f"a new gang of {stage}",
+                       lambda: (r := run.pids(stage)) and not set(r["pids"]) & set(old_pids) and r, timeout,
+                       allow_end=allow_end)
+    rec.t_start = new["time"]
+    rec.t_first = run.wait_for(f"the first step of the new {stage} gang",
+                               lambda: time.time() if len(run.metrics(stage)) > len(before) else None, timeout,
+                               allow_end=allow_end)
+    rec.last_step_before = before[-1]["step"] if before else 0
+    rec.resume_step = run.metrics(stage)[len(before)]["step"] - 1
+    return new
+
+
+_FAILED = re.compile(r"stage (\S+) failed \((\w+), (will retry|not retryable)\): (.*?) after ([\d.]+) s \[")
+
+
+def stage_failures(logs: list[dict]) -> list[dict]:
+    """The launcher's verdicts in a run's logs: stage, failure class, retryable, who, seconds after start."""
+    out = []
+    for rec in logs:
+        m = _FAILED.search(rec["message"])
+        if m:
+            out.append({"stage": m[1], "class": m[2], "retryable": m[3] == "will retry", "what": m[4],
+                        "elapsed": float(m[5]), "message": rec["message"]})
+    return out
+
+
+def detect_time(logs: list[dict], stage: str, old: dict, index: int = 0) -> float | None:
+    """When the launcher noticed the failure: the gang's start (pids.json time, written as its last
+    process started) plus the elapsed seconds in the launcher's verdict."""
+    found = [f for f in stage_failures(logs) if f["stage"] == stage]
+    return old["time"] + found[index]["elapsed"] if len(found) > index else None
+
+
+def steps_logged_twice(rows: list[dict]) -> list[int]:
+    seen, twice = set(), []
+    for r in rows:
+        if r["step"] in seen:
+            twice.append(r["step"])
+        seen.add(r["step"])
+    return twice
+
+
+def load_weights(path: Path) -> dict:
+    import mindspore as ms
+
+    return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items()}
+
+
