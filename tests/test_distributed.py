@@ -53,6 +53,15 @@ def test_two_ranks_match_one_rank_on_the_same_global_batch(tmp_path, tiny_datase
     worst = max(float(np.abs(r0[n] - single[n]).max()) for n in r0)
     assert worst < 2e-3, f"2-rank run differs from the 1-rank run by {worst}"
     assert [r["rank"] for r in two.ranks] == [0, 1] and all(r["exit"] == "0" for r in two.ranks)
+    # What the launcher wrote verifies and merges into one checkpoint (issue 5 on real 2-rank output).
+    from mftasks.ckpt import merge_replicas, set_of
+
+    assert set_of(tmp_path / "dp2").world_size == 2 and not set_of(tmp_path / "dp2").problems(True)
+    merged = _weights(merge_replicas(tmp_path / "dp2", tmp_path / "dp2-merged.ckpt"))
+    assert all(np.array_equal(merged[n], r0[n]) for n in r0)
+    verify = subprocess.run([sys.executable, "-m", "mftasks.cli", "ckpt", "verify", str(tmp_path / "dp2")],
+                            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
 def test_model_parallel_on_cpu_fails_before_launch(tmp_path, tiny_dataset):

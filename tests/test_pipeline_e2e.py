@@ -1,6 +1,8 @@
 """End to end through a real Prefect server and worker: deploy, run finetune-gpt2, check what it wrote."""
 from __future__ import annotations
 
+import json
+
 import os
 import subprocess
 import sys
@@ -79,3 +81,19 @@ def test_cli_deployment_run_watch(local_stack, work_dir):
                        capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "created flow run" in r.stdout and "state: Completed" in r.stdout
+
+
+def test_nightly_eval_compares_with_previous_night_and_baseline(local_stack, finished_pipeline, work_dir):
+    params = {"work_dir": str(work_dir / "pipeline"), "max_regression": 0.05}
+    first = st.watch(local_stack, st.run_deployment(local_stack, "nightly-eval", params)["id"], timeout=600)
+    assert first["state"]["type"] == "COMPLETED", first["state"]
+    nightly = REPO / work_dir / "pipeline" / "nightly"
+    baseline = json.loads((nightly / "baseline.json").read_text())
+    assert set(baseline) == {"finetune-s64-v300_PPL", "pretrain-s64-v300_PPL"}
+    second = st.watch(local_stack, st.run_deployment(local_stack, "nightly-eval", params)["id"], timeout=600)
+    assert second["state"]["type"] == "COMPLETED"  # same model, same numbers: no regression
+    # A baseline 20% better than today's model: tonight's numbers are a regression past 5%.
+    (nightly / "baseline.json").write_text(json.dumps({k: v * 0.8 for k, v in baseline.items()}))
+    third = st.watch(local_stack, st.run_deployment(local_stack, "nightly-eval", params)["id"], timeout=600)
+    assert third["state"]["type"] == "FAILED"
+    assert "worse than the baseline" in third["state"]["message"]
