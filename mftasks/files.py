@@ -12,6 +12,8 @@ import shutil
 import uuid
 from pathlib import Path
 
+from .process import alive
+
 _CHUNK = 1 << 20
 
 
@@ -90,7 +92,7 @@ def remove_stale_staging(final: Path) -> list[Path]:
         parts = p.name.rsplit("-", 2)
         if len(parts) != 3 or not parts[1].isdigit():
             continue
-        if not _pid_alive(int(parts[1])):
+        if not alive(int(parts[1])):
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     return removed
@@ -111,13 +113,3 @@ def publish_dir(staged: Path, final: Path) -> None:
     fsync_path(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

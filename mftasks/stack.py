@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import process
 from .errors import ConfigError, MftasksError
 
 TERMINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
@@ -137,7 +137,7 @@ def status(stack: Stack) -> str:
     lines = [f"server  {'up' if healthy(stack) else 'down'}  {stack.ui_url}  (PREFECT_HOME {stack.home})"]
     for pid_file in sorted(stack.home.glob("worker-*.pid")) if stack.home.is_dir() else []:
         pid = _read_pid(pid_file)
-        lines.append(f"worker  {'up' if pid and _alive(pid) else 'down'}  {pid_file.stem}  pid {pid}")
+        lines.append(f"worker  {'up' if pid and process.alive(pid) else 'down'}  {pid_file.stem}  pid {pid}")
     return "\n".join(lines)
 
 
@@ -180,7 +180,7 @@ def start_worker(stack: Stack, queue: str | None = None, name: str | None = None
     label = name or f"worker-{queue or 'default'}"
     pid_file = stack.home / f"{label}.pid"
     pid = _read_pid(pid_file)
-    if pid and _alive(pid):
+    if pid and process.alive(pid):
         return f"{label} already running (pid {pid})"
     argv = [stack.prefect(), "worker", "start", "--pool", stack.pool, "--name", f"{label}-{os.getpid()}"]
     if queue:
@@ -350,35 +350,11 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of ours counts as gone
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        return True
-
-
 def _stop_pid_file(path: Path, grace: float = 10.0) -> bool:
+    """Stop the process group recorded in a pid file; True if one was running."""
     pid = _read_pid(path)
     path.unlink(missing_ok=True)
-    if not pid or not _alive(pid):
+    if not pid or not process.alive(pid):
         return False
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.2)
-    if _alive(pid):
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    process.stop_groups([pid], grace)
     return True

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from . import checkpoint as ckpt
+from . import process
 from .errors import ConfigError, MftasksError
 from .files import atomic_write_bytes, atomic_write_json
 
@@ -213,40 +213,10 @@ def ensure_previous_gang_gone(path: Path, grace: float = 5.0) -> list[int]:
         pids, marker = record["pids"], record.get("marker", "")
     except (OSError, ValueError, KeyError):
         return []
-    alive = [p for p in pids if _alive(p) and marker in _cmdline(p)]  # never a recycled pid of someone else
-    for pid in alive:
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(p) for p in alive):
-        time.sleep(0.1)
-    for pid in [p for p in alive if _alive(p)]:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(p) for p in alive):
-        time.sleep(0.1)
-    still = [p for p in alive if _alive(p)]
+    alive = [p for p in pids if process.alive(p) and marker in _cmdline(p)]  # never a recycled pid
+    still = process.stop_groups(alive, grace)
     if still:
         raise MftasksError(f"processes {still} of an earlier attempt (from {path}) would not stop; "
                            "refusing to start a second gang")
     path.unlink(missing_ok=True)
     return alive
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"  # a zombie is gone for our purposes
-    except OSError:
-        return True
