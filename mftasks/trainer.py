@@ -21,6 +21,7 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from . import data as datasets
+from . import weights
 from .context import ParallelConfig, check_parallel_supported
 from .errors import CheckpointError, ConfigError, DataError, DeviceError
 from .files import copy_durable, sha256_file
@@ -30,7 +31,6 @@ TASKS = ("text_generation",)
 PET_METHODS = ("", "lora")
 PREFIX = {"train": "mindformers", "finetune": "mindformers_finetune", "lora": "mindformers_lora"}
 DEFAULT_MAX_NEW_TOKENS = 32
-_SHAPE_FIELDS = ("n_layer", "n_embd", "n_head", "seq_length", "vocab_size")
 
 
 @dataclass
@@ -195,7 +195,7 @@ class Trainer:
         manifest = datasets.read_manifest(dataset)
         cfg = self._model_config(manifest, f"train_dataset {dataset}")
         if start is not None:
-            _check_same_shape(start, cfg)
+            weights.check_same_shape(start, cfg)
         resume = args.resume_training if resume_training is None else resume_training
         resume_from = self._resume_point(stage, rank, resume)
         self._check_output(stage, rank, resume_from)
@@ -270,7 +270,7 @@ class Trainer:
 
         net = self.model if _is_instance(self.model) else GPT2LMHeadModel(cfg)
         if start is not None:
-            _load_weights(net, _full_weights(start), start.path)
+            weights.load_weights(net, weights.full_weights(start), start.path)
         if self.pet_method == "lora":
             apply_lora(net, LoraConfig.from_model_config(cfg))
             mark_only_lora_as_trainable(net)
@@ -294,7 +294,7 @@ class Trainer:
         import mindspore as ms
 
         params = ms.load_checkpoint(str(info.path))
-        _check_shapes(step_cell, params, info.path)
+        weights.check_shapes(step_cell, params, info.path)
         missing, _ = ms.load_param_into_net(step_cell, params, strict_load=False)
         missing = [m for m in missing if m in {p.name for p in step_cell.trainable_params()} or "adam" in m]
         if missing:
@@ -351,7 +351,7 @@ class Trainer:
         from .model import GPT2EvalLoss
 
         manifest = datasets.read_manifest(folder)
-        _check_compatible(net.config, manifest, folder, info)
+        weights.check_compatible(net.config, manifest, folder, info)
         rank, world = _world()
         was_training = net.training
         net.set_train(False)
@@ -394,16 +394,16 @@ class Trainer:
             net = self.model if _is_instance(self.model) else GPT2LMHeadModel(cfg)
             return net, None, tok.load(Path(dataset) / manifest["tokenizer"]["file"])
         info = self._named_or_newest(checkpoint, "checkpoint", kind=None)
-        cfg = _config_of(info)
+        cfg = weights.config_of(info)
         self._check_model_matches(cfg, info)
         net = GPT2LMHeadModel(cfg)
         if info.kind == "lora_adapter":
-            base = _base_of(info)
-            _load_weights(net, _full_weights(base), base.path)
+            base = weights.base_of(info)
+            weights.load_weights(net, weights.full_weights(base), base.path)
             apply_lora(net, LoraConfig(**info.manifest["lora_config"]))
-            _load_weights(net, ms.load_checkpoint(str(info.path)), info.path, lora_only=True)
+            weights.load_weights(net, ms.load_checkpoint(str(info.path)), info.path, lora_only=True)
         else:
-            _load_weights(net, _full_weights(info), info.path)
+            weights.load_weights(net, weights.full_weights(info), info.path)
         tokenizer = Path(info.manifest["tokenizer"]["path"])
         if not tokenizer.is_file() or sha256_file(tokenizer) != info.manifest["tokenizer"]["sha256"]:
             raise CheckpointError(f"{info.path}: its tokenizer {tokenizer} is missing or changed (sha256 differs "
@@ -470,7 +470,7 @@ class Trainer:
         else:
             want = self.model.config if _is_instance(self.model) else self.model
         diff = [f"{f} {getattr(cfg, f)} (checkpoint) vs {getattr(want, f)} (model={want.name})"
-                for f in _SHAPE_FIELDS if getattr(cfg, f) != getattr(want, f)]
+                for f in weights.SHAPE_FIELDS if getattr(cfg, f) != getattr(want, f)]
         if diff:
             raise CheckpointError(f"{info.path} holds a model of another shape: " + "; ".join(diff)
                                   + "; pass the matching model or another checkpoint")
@@ -550,75 +550,6 @@ def _check_finite(loss: float, step: int) -> None:
     if not math.isfinite(loss):
         raise FloatingPointError(f"loss is {loss} at step {step}: training diverged; lower learning_rate "
                                  "or check the data")
-
-
-def _config_of(info: ckpt.CheckpointInfo):
-    from .model import GPT2Config
-
-    return GPT2Config.from_dict(info.manifest["model_config"])
-
-
-def _base_of(info: ckpt.CheckpointInfo) -> ckpt.CheckpointInfo:
-    ref = info.manifest.get("base") or {}
-    base = ckpt.load_verified(ref.get("path", ""))
-    if base.sha256 != ref.get("sha256"):
-        raise CheckpointError(f"adapter {info.path} was trained on base {ref.get('path')} with sha256 "
-                              f"{ref.get('sha256', '')[:12]}, but that file now has {base.sha256[:12]}")
-    return base
-
-
-def _check_same_shape(start: ckpt.CheckpointInfo, cfg) -> None:
-    have = _config_of(start)
-    diff = [f"{f} {getattr(have, f)} (checkpoint) vs {getattr(cfg, f)} (model)" for f in _SHAPE_FIELDS
-            if getattr(have, f) != getattr(cfg, f)]
-    if diff:
-        raise CheckpointError(f"{start.path} does not fit this model: " + "; ".join(diff))
-
-
-def _check_compatible(cfg, manifest: dict, folder: str, info) -> None:
-    problems = []
-    if manifest["tokenizer"]["vocab_size"] != cfg.vocab_size:
-        problems.append(f"vocab_size: model {cfg.vocab_size}, dataset {folder} {manifest['tokenizer']['vocab_size']}")
-    if manifest["seq_length"] != cfg.seq_length:
-        problems.append(f"seq_length: model {cfg.seq_length}, dataset {folder} {manifest['seq_length']} "
-                        f"(prepare it with --seq-length {cfg.seq_length})")
-    if info is not None and manifest["tokenizer"]["sha256"] != info.manifest["tokenizer"]["sha256"]:
-        problems.append(f"tokenizer: dataset {folder} was tokenized with another tokenizer than checkpoint "
-                        f"{info.path.name} (prepare it with --tokenizer {info.manifest['tokenizer']['path']})")
-    if problems:
-        raise DataError("the dataset does not fit the model:\n" + "\n".join(f"  - {p}" for p in problems))
-
-
-def _full_weights(info: ckpt.CheckpointInfo) -> dict:
-    import mindspore as ms
-
-    if info.kind != "full":
-        raise CheckpointError(f"{info.path} is a {info.kind} checkpoint, not full model weights")
-    return ms.load_checkpoint(str(info.path))
-
-
-def _check_shapes(net, params: dict, path) -> None:
-    problems = []
-    for p in net.get_parameters():
-        if p.name in params and tuple(params[p.name].shape) != tuple(p.shape):
-            problems.append(f"{p.name}: checkpoint {tuple(params[p.name].shape)}, model {tuple(p.shape)}")
-    if problems:
-        raise CheckpointError(f"{path} does not fit the model (shape mismatch):\n"
-                              + "\n".join(f"  - {x}" for x in problems[:10]))
-
-
-def _load_weights(net, params: dict, path, lora_only: bool = False) -> None:
-    """Model parameters from a checkpoint (optimizer entries ignored); every model parameter must be there."""
-    import mindspore as ms
-
-    from .model import lora_filter
-
-    _check_shapes(net, params, path)
-    wanted = [p.name for p in net.get_parameters() if lora_filter(p.name) == lora_only]
-    missing = [n for n in wanted if n not in params]
-    if missing:
-        raise CheckpointError(f"{path} lacks {len(missing)} model parameter(s), e.g. {missing[:3]}")
-    ms.load_param_into_net(net, {n: params[n] for n in wanted}, strict_load=False)
 
 
 def _all_reduce_sum(values: list[float]) -> list[float]:
