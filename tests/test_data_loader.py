@@ -68,3 +68,20 @@ def test_skip_beyond_epoch_is_an_error(tiny_dataset):
 def test_not_a_dataset(tmp_path):
     with pytest.raises(DataError, match="is not a prepared dataset .*mftasks data prepare"):
         load(tmp_path, 2)
+
+
+def test_several_shards_read_in_written_order(tmp_path, corpus_dir, tiny_dataset):
+    import mindspore.dataset as ds
+
+    from mftasks.data import PrepareSpec, prepare
+
+    out = tmp_path / "sharded"
+    prepare(PrepareSpec(inputs=[str(corpus_dir)], output=str(out), tokenizer=str(tiny_dataset / "tokenizer.model"),
+                        seq_length=32, num_shards=3))
+    m = read_manifest(out)
+    files = [out / s["file"] for s in m["splits"]["train"]["shards"] if not s["file"].endswith(".db")]
+    assert len(files) == 3
+    per_file = [np.stack([r["input_ids"] for r in ds.MindDataset([str(f)], columns_list=["input_ids"], shuffle=False)
+                          .create_dict_iterator(output_numpy=True)]) for f in files]
+    loaded = np.concatenate(_batches(load(out, 1, shuffle=False)))
+    assert np.array_equal(loaded, np.concatenate(per_file))

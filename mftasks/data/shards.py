@@ -17,20 +17,27 @@ _ROWS_PER_WRITE = 1024
 
 
 def write_split(samples: np.ndarray, folder: Path, name: str, num_shards: int) -> list[dict]:
-    """Write samples to folder/<name>.mindrecord[N]; return manifest entries for every file written."""
+    """Write samples to folder/<name>-<i>-of-<n>.mindrecord (+ .db), contiguous equal parts, in order.
+
+    One FileWriter per file: MindSpore's multi-shard writer decides at run time which shard gets an
+    odd row, so its bytes are not reproducible; this is (tested: any --workers gives identical files).
+    Returns manifest entries for every file written.
+    """
     from mindspore.mindrecord import FileWriter
 
     folder.mkdir(parents=True, exist_ok=True)
     num_shards = max(1, min(num_shards, len(samples)))
-    writer = FileWriter(str(folder / f"{name}.mindrecord"), shard_num=num_shards, overwrite=False)
-    writer.set_page_size(_PAGE_SIZE)
-    writer.set_header_size(_header_size(samples.nbytes * 2 // num_shards))
-    writer.add_schema(SCHEMA, "mftasks packed causal-LM samples")
     mask = np.ones(samples.shape[1], dtype=np.int32)
-    for start in range(0, len(samples), _ROWS_PER_WRITE):
-        rows = [{"input_ids": row, "attention_mask": mask} for row in samples[start:start + _ROWS_PER_WRITE]]
-        writer.write_raw_data(rows)
-    writer.commit()
+    for i, part in enumerate(np.array_split(samples, num_shards)):
+        path = folder / (f"{name}.mindrecord" if num_shards == 1 else f"{name}-{i:05d}-of-{num_shards:05d}.mindrecord")
+        writer = FileWriter(str(path), shard_num=1, overwrite=False)
+        writer.set_page_size(_PAGE_SIZE)
+        writer.set_header_size(_header_size(part.nbytes * 2))
+        writer.add_schema(SCHEMA, "mftasks packed causal-LM samples")
+        for start in range(0, len(part), _ROWS_PER_WRITE):
+            writer.write_raw_data([{"input_ids": row, "attention_mask": mask}
+                                   for row in part[start:start + _ROWS_PER_WRITE]])
+        writer.commit()
     entries = []
     for path in sorted(folder.iterdir()):
         fsync_path(path)
