@@ -126,7 +126,8 @@ def launch_ranks(spec: StageSpec, work_dir: str) -> dict:
     node = os.environ.get("MFTASKS_NODE", "local")
     try:
         # Device-denominated: one slot of this node's limit per rank, all at once or not at all.
-        with concurrency(device_limit(node), occupy=spec.nproc, strict=False):
+        # lease_duration 60 s (the server's minimum): slots of a SIGKILLed flow process come back soon.
+        with concurrency(device_limit(node), occupy=spec.nproc, strict=False, lease_duration=60):
             result = run_stage(spec, work_dir, attempt=attempt, on_line=forward)
     except StageFailed as exc:
         log.error("stage %s failed (%s%s): %s", spec.name, exc.result.failure_class.value,

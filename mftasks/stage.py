@@ -153,7 +153,9 @@ def run_stage(spec: StageSpec, work_dir: str | Path, attempt: int = 0, on_line=N
     ConfigError.raise_if(spec.problems(), where=f"stage {spec.name}")
     folder = stage_dir(work_dir, spec.name)
     folder.mkdir(parents=True, exist_ok=True)
-    ensure_previous_gang_gone(folder / "pids.json")
+    if ensure_previous_gang_gone(folder / "pids.json") and spec.world_size > 1 and spec.node_rank == 0:
+        _wait_port_free(spec.master_addr, spec.master_port)  # the old scheduler's port may still be closing
+    attempt = _free_attempt(folder / "log", attempt)  # a flow-run retry restarts run_count: never reuse logs
     resume = resume_point(spec)
     config_path = folder / "run.yaml"
     atomic_write_bytes(config_path, yaml.safe_dump(spec.run_config(resume), sort_keys=False).encode())
@@ -186,6 +188,21 @@ def run_stage(spec: StageSpec, work_dir: str | Path, attempt: int = 0, on_line=N
     except (OSError, json.JSONDecodeError) as exc:
         raise MftasksError(f"stage {spec.name}: the ranks succeeded but wrote no result ({exc})") from None
     return StageResult(spec.name, payload["result"], ranks, attempt, str(config_path), time.time() - started)
+
+
+def _free_attempt(log_dir: Path, attempt: int) -> int:
+    """The first attempt number >= attempt whose log folder (LOG/rank_N or LOG/attempt_K) is unused."""
+    while (log_dir / ("rank_0" if attempt == 0 else f"attempt_{attempt}")).exists():
+        attempt += 1
+    return attempt
+
+
+def _wait_port_free(host: str, port: int, timeout: float = 15.0) -> None:
+    from .launcher.preflight import port_problems
+
+    deadline = time.monotonic() + timeout
+    while port_problems(host, port) and time.monotonic() < deadline:
+        time.sleep(0.25)
 
 
 def _rank_row(rank, outcome, result) -> dict:

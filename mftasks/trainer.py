@@ -197,7 +197,7 @@ class Trainer:
         if start is not None:
             weights.check_same_shape(start, cfg)
         resume = args.resume_training if resume_training is None else resume_training
-        resume_from = self._resume_point(stage, rank, resume)
+        resume_from = self._resume_point(stage, rank, resume, world)
         self._check_output(stage, rank, resume_from)
         k = args.gradient_accumulation_steps
         per_epoch = batches_per_epoch(manifest["splits"]["train"]["samples"], args.batch_size, world) // k
@@ -230,7 +230,8 @@ class Trainer:
 
         tokens_per_step = args.batch_size * k * world * cfg.seq_length
         reporter = StepReporter(args.output_dir, rank, total, tokens_per_step, args.logging_steps, stage, log)
-        started, loss_value, last = time.perf_counter(), float("nan"), None
+        # A run resumed at its last step trains nothing: it reports the checkpoint it resumed from.
+        started, loss_value, last = time.perf_counter(), float("nan"), resume_from
         data_seed = args.data_seed if args.data_seed is not None else args.seed
         try:
             step = first
@@ -294,15 +295,19 @@ class Trainer:
         import mindspore as ms
 
         params = ms.load_checkpoint(str(info.path))
+        # The LR schedule is rebuilt from this run's arguments (a resumed run may train longer); its
+        # position is global_step, which is restored.
+        params.pop("learning_rate", None)
         weights.check_shapes(step_cell, params, info.path)
         missing, _ = ms.load_param_into_net(step_cell, params, strict_load=False)
-        missing = [m for m in missing if m in {p.name for p in step_cell.trainable_params()} or "adam" in m]
+        missing = [m for m in missing if m != "learning_rate"
+                   and (m in {p.name for p in step_cell.trainable_params()} or "adam" in m)]
         if missing:
             raise CheckpointError(f"{info.path} lacks {len(missing)} parameter(s) of this run "
                                   f"(e.g. {missing[:3]}); it was written by another kind of run")
         return int(info.global_step)
 
-    def _resume_point(self, stage, rank, resume) -> ckpt.CheckpointInfo | None:
+    def _resume_point(self, stage, rank, resume, world: int = 1) -> ckpt.CheckpointInfo | None:
         if self.args.resume_from_checkpoint:
             info = ckpt.load_verified(self.args.resume_from_checkpoint)
             if info.manifest.get("prefix") != PREFIX[stage]:
@@ -311,11 +316,21 @@ class Trainer:
             return info
         if not resume:
             return None
-        info, warnings = ckpt.newest_verified(ckpt.rank_dir(self.args.output_dir, rank), prefix=PREFIX[stage])
+        folder = ckpt.rank_dir(self.args.output_dir, rank)
+        info, warnings = ckpt.newest_verified(folder, prefix=PREFIX[stage])
         for w in warnings:
             logging.getLogger("mftasks").warning(w)
+        if world > 1:  # every rank must resume from the same step: the newest one all of them have verified
+            agreed = _all_reduce_min(info.global_step if info is not None else -1)
+            if agreed >= 0 and (info is None or info.global_step != agreed):
+                logging.getLogger("mftasks").warning(
+                    "rank %d: newest verified checkpoint is step %s, but another rank's is step %d: resuming "
+                    "every rank from step %d", rank, info.global_step if info else None, agreed, agreed)
+                info = _verified_at(folder, PREFIX[stage], agreed)
+            elif agreed < 0:
+                info = None
         if info is None:
-            raise CheckpointError(f"resume_training=True but {ckpt.rank_dir(self.args.output_dir, rank)} has no "
+            raise CheckpointError(f"resume_training=True but {folder} (or another rank's folder) has no "
                                   f"verified {stage} checkpoint to resume from; start without resume_training")
         return info
 
@@ -550,6 +565,22 @@ def _check_finite(loss: float, step: int) -> None:
     if not math.isfinite(loss):
         raise FloatingPointError(f"loss is {loss} at step {step}: training diverged; lower learning_rate "
                                  "or check the data")
+
+
+def _verified_at(folder, prefix: str, step: int) -> ckpt.CheckpointInfo | None:
+    for info in reversed(ckpt.listing(folder)):
+        if info.manifest.get("prefix") == prefix and info.global_step == step and not ckpt.verify(info.path):
+            return info
+    return None
+
+
+def _all_reduce_min(value: int) -> int:
+    import mindspore as ms
+    from mindspore import ops
+
+    # CPU collectives: AllReduce sums float only, so gather every rank's value and take the minimum here.
+    out = ops.AllGather()(ms.Tensor(np.array([value], dtype=np.float32)))
+    return int(out.asnumpy().min())
 
 
 def _all_reduce_sum(values: list[float]) -> list[float]:

@@ -118,3 +118,23 @@ def test_mindformers_distributed_sample_under_mftasks_launch(tmp_path, corpus_di
     log = (tmp_path / "launch" / "rank_0" / "mindformer.log").read_text()
     predicted = [l for l in log.splitlines() if l.startswith("[{'text_generation_text'")]
     assert predicted and ast.literal_eval(predicted[-1])[0]["text_generation_text"][0].startswith("hello!")
+
+
+def test_ranks_agree_on_the_resume_step(tmp_path, tiny_dataset):
+    """Rank 1's newest checkpoint is damaged: every rank resumes from the newest step all of them verify."""
+    out = tmp_path / "agree"
+    spec = StageSpec(name="agree", run_mode="train", output_dir=str(out), model_type="gpt2_tiny",
+                     train_dataset=str(tiny_dataset), nproc=2, batch_size=2, max_steps=4, save_steps=2,
+                     warmup_steps=1, master_port=_port(), dropout=0.0)
+    run_stage(spec, tmp_path / "work")
+    newest = out / "checkpoint" / "rank_1" / "mindformers_rank_1-1_4.ckpt"
+    os.chmod(newest, 0o600)
+    newest.write_bytes(newest.read_bytes()[:100])
+    spec.max_steps, spec.master_port = 6, _port()
+    result = run_stage(spec, tmp_path / "work", attempt=1)
+    assert result.result["first_step"] == 2 and result.result["steps"] == 4
+    r0 = _weights(out / "checkpoint" / "rank_0" / "mindformers_rank_0-1_6.ckpt")
+    r1 = _weights(out / "checkpoint" / "rank_1" / "mindformers_rank_1-1_6.ckpt")
+    assert all(np.array_equal(r0[n], r1[n]) for n in r0)
+    logs = (tmp_path / "work" / "stages" / "agree" / "log" / "attempt_1" / "rank_0" / "mindformer.log").read_text()
+    assert "resuming every rank from step 2" in logs

@@ -72,7 +72,7 @@ def tail_lines(path: str | None, n: int = 40, max_bytes: int = 65536) -> list[st
 def final_exception(lines: list[str]) -> str | None:
     """The last line that reads like a Python exception ("ImportError: ..."), if any."""
     for line in reversed(lines):
-        if _EXC_LINE.match(line.strip()):
+        if _EXC_LINE.match(line.strip()) or line.startswith("error: "):  # the mftasks CLI's one-line errors
             return line.strip()
     return None
 
