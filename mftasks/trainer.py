@@ -330,8 +330,9 @@ class Trainer:
             elif agreed < 0:
                 info = None
         if info is None:
-            raise CheckpointError(f"resume_training=True but {folder} (or another rank's folder) has no "
-                                  f"verified {stage} checkpoint to resume from; start without resume_training")
+            where = f"{folder} (or another rank's folder)" if world > 1 else f"{folder}"
+            raise CheckpointError(f"resume_training=True but {where} has no verified {stage} checkpoint to resume "
+                                  "from; start without resume_training")
         return info
 
     def _check_output(self, stage, rank, resume_from) -> None:
