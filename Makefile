@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast venv
+.PHONY: demo test test-fast test-faults venv
 
 venv: $(STAMP)
 
@@ -17,9 +17,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m mftasks.demo
 
-# Every test, the slow end-to-end ones included.
+# Every test, the slow end-to-end ones included (the fault-injection suite has its own target).
 test: $(STAMP)
-	$(PY) -m pytest -m 'slow or not slow' -q
+	$(PY) -m pytest -m '(slow or not slow) and not faults' -q
+
+# Fault injection through real deployment runs (tests/faults, ~5-10 min): see docs/RELIABILITY.md.
+test-faults: $(STAMP)
+	$(PY) -m pytest -m faults -q tests/faults
 
 # The quick suite (what a bare `pytest` runs).
 test-fast: $(STAMP)

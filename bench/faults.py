@@ -4,7 +4,7 @@ Run: .venv/bin/python bench/faults.py [--parallel] [--report FILE]
      .venv/bin/python bench/faults.py --from-report FILE      (only print the table of an earlier run)
 
 Runs the fault tests (tests/faults/, a Prefect server + worker of their own, gpt2_tiny, 2 ranks) one flow
-run at a time (--parallel: two at a time, as the test suite does), collects the timestamps each test
+run at a time (--parallel: all four at once, as the test suite does), collects the timestamps each test
 records, and prints a markdown table per fault:
 
   detect     fault -> the launcher (or Prefect) noticed it
@@ -61,7 +61,7 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--parallel", action="store_true", help="two flow runs at a time (the test suite's setting)")
+    p.add_argument("--parallel", action="store_true", help="all flow runs at once (the test suite's setting)")
     p.add_argument("--report", type=Path, help="keep the JSON report here")
     p.add_argument("--from-report", type=Path, help="print the table of an existing report; run nothing")
     args = p.parse_args(argv)
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     report = args.report or Path(tempfile.mkdtemp(prefix="mftasks-faults-")) / "report.json"
     code, output, seconds = run_tests(report, args.parallel)
     summary = [line for line in output.splitlines() if line.strip()][-1:] or ["(no pytest output)"]
-    print(f"tests/faults: {summary[0]} ({seconds:.0f} s wall, {'two' if args.parallel else 'one'} flow run(s) "
+    print(f"tests/faults: {summary[0]} ({seconds:.0f} s wall, {'all' if args.parallel else 'one'} flow run(s) "
           f"at a time, {os.cpu_count()} cores)")
     if not report.is_file():
         print(output[-5000:])

@@ -20,6 +20,14 @@ ms.set_device("CPU")
 TINY_SEQ = 64  # the gpt2_tiny preset's context length
 
 
+def pytest_collection_modifyitems(config, items):
+    """Everything under tests/faults/ is also marked `faults` (run by `make test-faults`)."""
+    for item in items:
+        if "/tests/faults/" in str(item.fspath):
+            item.add_marker(pytest.mark.faults)
+            item.add_marker(pytest.mark.slow)
+
+
 def write_corpus(folder: Path, max_bytes: int = 120_000) -> Path:
     """A folder of text files (paragraph documents) plus a nested folder and a markdown file."""
     folder.mkdir(parents=True, exist_ok=True)

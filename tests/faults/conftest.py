@@ -1,4 +1,4 @@
-"""Fault tests: one Prefect server + worker for the whole folder, and the helpers that watch a real
+"""Fault tests: one Prefect server + worker for the fault module, and the helpers that watch a real
 finetune-gpt2 deployment run, inject a fault into it and time the recovery.
 
 Everything is observed from outside, as an operator would: the run folder (pids.json, heartbeats,
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import socket
@@ -35,6 +36,8 @@ NPROC = 2
 BASE_PARAMS = {"model_type": "gpt2_tiny", "vocab_size": 300, "nproc": NPROC, "train_steps": 16,
                "finetune_steps": 4, "batch_size": 4, "save_every": 4, "predict_count": 0, "dropout": 0.0}
 RUN_TIMEOUT = 600.0
+STARTED: list[str] = []
+"""Ids of the flow runs the fault tests created (see kill_leftovers)."""
 
 
 def free_port() -> int:
@@ -43,14 +46,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_master_port() -> int:
+    """A free port below the ephemeral range (32768+ here), so that no outgoing connection of the ranks, the
+    worker or the server can take it between now and the launches that bind it."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
+
+
 # ---------------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def fault_stack(tmp_path_factory):
     """A fresh server (own PREFECT_HOME and port), one worker and the deployments, for all fault tests.
 
-    The worker's node gets 4 device slots (2 per gang): a flow-run process killed with SIGKILL cannot
-    give back the 2 slots its launch holds, and Prefect only reclaims them when the lease expires
-    (300 s, see docs/RELIABILITY.md); the retry in test_flow_process_killed must not wait for that."""
+    The worker's node gets 12 device slots (2 per gang): four gangs run at once, and a flow-run process
+    killed with SIGKILL (the flow-process fault, and the run the disk-full test aborts) cannot give back
+    the 2 slots its launch holds; Prefect reclaims them only when the lease expires (300 s, see
+    docs/RELIABILITY.md), and a retry must not wait for that here."""
     home = tmp_path_factory.mktemp("prefect-faults")
     env = {"MFTASKS_PREFECT_HOME": str(home), "MFTASKS_PREFECT_PORT": str(free_port()),
            "MFTASKS_PROJECT": str(REPO)}
@@ -59,7 +78,7 @@ def fault_stack(tmp_path_factory):
     stack = st.Stack.from_env()
     try:
         st.start_server(stack)
-        st.start_worker(stack, devices=2 * NPROC)
+        st.start_worker(stack, devices=6 * NPROC)
         st.deploy(stack)
         yield stack
     finally:
@@ -72,7 +91,7 @@ def fault_stack(tmp_path_factory):
                 os.environ[k] = v
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def fault_work():
     """Deployment parameters are project-relative paths: one work folder under build/ (git-ignored)
     shared by every fault run, so the datasets are prepared once and cached after."""
@@ -83,7 +102,7 @@ def fault_work():
         shutil.rmtree(REPO / rel, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def recovery_report():
     """Recovery breakdowns of the tests, written to $MFTASKS_FAULTS_REPORT (JSON) at the end."""
     rows: list[dict] = []
@@ -106,12 +125,12 @@ class Run:
     @classmethod
     def start(cls, stack: st.Stack, work: Path, env: dict[str, str] | None = None, **params) -> "Run":
         params = {**BASE_PARAMS, "corpus_dir": str(work / "corpus"), "work_dir": str(work / "pipeline"),
-                  "master_port": free_port(), **params}
-        dep = st.find_deployment(stack, "finetune-gpt2/finetune-gpt2")
+                  "master_port": free_master_port(), **params}
         body = {"parameters": params}
         if env:
             body["job_variables"] = {"env": env}
-        r = api(stack, "post", f"/deployments/{dep['id']}/create_flow_run", json=body)
+        r = api(stack, "post", f"/deployments/{deployment_id(stack)}/create_flow_run", json=body)
+        STARTED.append(r["id"])
         return cls(stack, r["id"], work / "pipeline")
 
     @property
@@ -210,29 +229,44 @@ class Run:
         except OSError:
             return ""
 
-    def wait_for(self, what: str, fn, timeout: float = 300.0, poll: float = 0.05, allow_end: bool = False):
-        """Poll fn() until it returns something truthy; fail early if the run ends meanwhile."""
+    def wait_for(self, what: str, fn, timeout: float = 300.0, poll: float = 0.05, ends=st.TERMINAL):
+        """Poll fn() until it returns something truthy; fail early if the run reaches one of `ends`."""
         deadline, next_state = time.monotonic() + timeout, 0.0
         while True:
             value = fn()
             if value:
                 return value
             now = time.monotonic()
-            if not allow_end and now >= next_state:
+            if ends and now >= next_state:
                 next_state = now + 1.0
                 state = self.state()
-                if state in st.TERMINAL:
+                if state in ends:
                     raise AssertionError(f"flow run {self.id} ended {state} while waiting for {what}")
             if now > deadline:
                 raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (run {self.id})")
             time.sleep(poll)
 
 
-def api(stack: st.Stack, method: str, path: str, **kw):
-    with stack.http() as c:
-        r = getattr(c, method)(path, **kw)
-    r.raise_for_status()
-    return r.json() if r.content else None
+def deployment_id(stack: st.Stack, name: str = "finetune-gpt2") -> str:
+    found = api(stack, "post", "/deployments/filter", json={"deployments": {"name": {"any_": [name]}}})
+    assert len(found) == 1, found
+    return found[0]["id"]
+
+
+def api(stack: st.Stack, method: str, path: str, attempts: int = 20, **kw):
+    """One API call; 503 (SQLite busy while several runs write at once) and dropped connections are retried."""
+    for attempt in range(attempts):
+        try:
+            with stack.http() as c:
+                r = getattr(c, method)(path, **kw)
+        except httpx.TransportError:
+            if attempt == attempts - 1:
+                raise
+        else:
+            if r.status_code not in (429, 503) or attempt == attempts - 1:
+                r.raise_for_status()
+                return r.json() if r.content else None
+        time.sleep(0.5)
 
 
 # ---------------------------------------------------------------------------------------------- processes
@@ -250,6 +284,20 @@ def kill(pid: int, sig: int) -> float:
     t = time.time()
     os.kill(pid, sig)
     return t
+
+
+def kill_leftovers(run_ids: list[str]) -> list[int]:
+    """SIGKILL every process that belongs to one of these flow runs (the flow-run process and its ranks
+    carry PREFECT__FLOW_RUN_ID), e.g. after a test failed halfway; return their pids."""
+    wanted, killed = set(run_ids), []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid() and flow_run_of(int(entry)) in wanted:
+            try:
+                os.kill(int(entry), 9)
+                killed.append(int(entry))
+            except (ProcessLookupError, PermissionError):
+                pass
+    return killed
 
 
 def flow_run_of(pid: int) -> str | None:
@@ -308,7 +356,7 @@ class Recovery:
         return "\n".join(lines + [f"- {n}" for n in self.notes])
 
 
-def follow_recovery(run: Run, stage: str, old: dict, rec: Recovery, timeout: float = 300.0, allow_end: bool = False,
+def follow_recovery(run: Run, stage: str, old: dict, rec: Recovery, timeout: float = 300.0, ends=st.TERMINAL,
                     on_gone=None) -> dict:
     """After a fault in `stage`: wait until every process in the old pids.json record is gone, then for
     the next gang's pids.json, then for its first metrics line; fill in the times, rank 0's last step
@@ -316,17 +364,22 @@ def follow_recovery(run: Run, stage: str, old: dict, rec: Recovery, timeout: flo
     old_pids = old["pids"]
     rec.t_gone = run.wait_for(f"the old gang {old_pids} of {stage} to be gone",
                               lambda: None if any(alive(p) for p in old_pids) else time.time(), timeout, poll=0.02,
-                              allow_end=allow_end)
+                              ends=ends)
     if on_gone is not None:
         on_gone()
     before = run.metrics(stage)
     new = run.wait_for(f"a new gang of {stage}",
                        lambda: (r := run.pids(stage)) and not set(r["pids"]) & set(old_pids) and r, timeout,
-                       allow_end=allow_end)
+                       ends=ends)
     rec.t_start = new["time"]
-    rec.t_first = run.wait_for(f"the first step of the new {stage} gang",
-                               lambda: time.time() if len(run.metrics(stage)) > len(before) else None, timeout,
-                               allow_end=allow_end)
+    def first_step():
+        if len(run.metrics(stage)) > len(before):
+            return time.time()
+        if not any(alive(p) for p in new["pids"]) and len(run.metrics(stage)) == len(before):
+            raise AssertionError(f"the new {stage} gang {new['pids']} ended without a step (it resumed at the "
+                                 f"last step: nothing left to do)")
+        return None
+    rec.t_first = run.wait_for(f"the first step of the new {stage} gang", first_step, timeout, ends=ends)
     rec.last_step_before = before[-1]["step"] if before else 0
     rec.resume_step = run.metrics(stage)[len(before)]["step"] - 1
     return new
