@@ -1,6 +1,7 @@
 """Shared fixtures: a small deterministic corpus and one prepared dataset reused across tests."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -87,6 +88,25 @@ def small_pretrain(root: Path, corpus_dir: Path, tokenizer: Path, approx_samples
 
 # ---------------------------------------------------------------------------------------------- Prefect stack
 REPO = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def environ(**values: str | None):
+    """Set (or, with None, remove) environment variables for the block; restore them afterwards."""
+    old = {k: os.environ.get(k) for k in values}
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def free_port() -> int:

@@ -24,6 +24,8 @@ import pytest
 from mftasks import stack as st
 from mftasks.data import demo_corpus
 
+from conftest import environ
+
 REPO = Path(__file__).resolve().parents[1]
 DB = "prefect"
 pytestmark = pytest.mark.slow
@@ -122,29 +124,10 @@ def _cluster():
         shutil.rmtree(root, ignore_errors=True)
 
 
-@contextmanager
-def _environ(**values: str | None):
-    """Set (or, with None, remove) environment variables for the block; restore them afterwards."""
-    old = {k: os.environ.get(k) for k in values}
-    for k, v in values.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def test_finetune_run_is_stored_in_postgres(tmp_path):
     rel = Path("build") / f"pg-{uuid.uuid4().hex[:8]}"  # deployment parameters are project-relative
     home = tmp_path / "prefect-home"
-    with _cluster() as pg, _environ(MFTASKS_PREFECT_HOME=str(home), MFTASKS_PREFECT_PORT=str(_free_port()),
+    with _cluster() as pg, environ(MFTASKS_PREFECT_HOME=str(home), MFTASKS_PREFECT_PORT=str(_free_port()),
                                     MFTASKS_PROJECT=str(REPO), PREFECT_API_DATABASE_CONNECTION_URL=pg.url):
         stack = st.Stack.from_env()
         try:

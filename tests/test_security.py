@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -25,6 +24,8 @@ import psutil
 import pytest
 
 from mftasks import stack as st
+
+from conftest import environ
 
 REPO = Path(__file__).resolve().parents[1]
 AUTH = "admin:secret"
@@ -154,30 +155,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextmanager
-def _environ(**values: str | None):
-    """Set (or, with None, remove) environment variables for the block; restore them afterwards."""
-    old = {k: os.environ.get(k) for k in values}
-    for k, v in values.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 @pytest.fixture(scope="module")
 def auth_stack(tmp_path_factory):
     """A server started by mftasks.stack with its defaults and PREFECT_API_AUTH_STRING set, plus one worker."""
     home = tmp_path_factory.mktemp("prefect-home")
-    with _environ(MFTASKS_PREFECT_HOME=str(home), MFTASKS_PREFECT_PORT=str(_free_port()), MFTASKS_PROJECT=str(REPO),
+    with environ(MFTASKS_PREFECT_HOME=str(home), MFTASKS_PREFECT_PORT=str(_free_port()), MFTASKS_PROJECT=str(REPO),
                   MFTASKS_PREFECT_HOST=None, PREFECT_API_AUTH_STRING=AUTH, PREFECT_SERVER_API_AUTH_STRING=None):
         stack = st.Stack.from_env()
         assert stack.auth == AUTH and stack.host == "127.0.0.1"
