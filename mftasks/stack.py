@@ -275,7 +275,11 @@ def run_deployment(stack: Stack, name: str, params: dict | None = None) -> dict:
     ConfigError.raise_if(parameter_problems(dep.get("parameter_openapi_schema") or {}, params or {}),
                          where=f"parameters of {dep['flow_name']}/{dep['name']}")
     with stack.http() as c:
-        r = c.post(f"/deployments/{dep['id']}/create_flow_run", json={"parameters": params or {}})
+        for _ in range(10):  # a busy SQLite server answers 503 now and then: try again
+            r = c.post(f"/deployments/{dep['id']}/create_flow_run", json={"parameters": params or {}})
+            if r.status_code != 503:
+                break
+            time.sleep(1.0)
     if r.status_code >= 400:
         detail = r.json().get("detail", r.text) if r.headers.get("content-type", "").startswith("application/json") \
             else r.text
