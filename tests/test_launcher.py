@@ -176,7 +176,7 @@ def test_preflight_lists_every_problem(tmp_path):
     assert f"master_port {port} is in use" in text
     assert "do not cover DEVICE_ID [2]" in text
     assert len(err.value.problems) == 3 and isinstance(err.value, MftasksError)
-    assert not (tmp_path / "log" / "rank_0").exists()  # nothing started
+    assert not (tmp_path / "log").exists()  # nothing started, not even an empty log folder
 
 
 def test_preflight_missing_script_world_size_and_unwritable_log(tmp_path):
@@ -379,6 +379,42 @@ def test_launcher_sigterm_stops_the_gang(tmp_path):
     assert result.failure_class is FailureClass.KILLED and "received SIGTERM" in result.root_cause.message
     assert signal.getsignal(signal.SIGTERM) == before  # the launcher's handler is removed again
     assert not any(alive(o.pid) for o in result.ranks.values())
+
+
+def test_sigkilled_launcher_is_followed_by_its_gang_within_the_stop_grace(tmp_path):
+    """Fault: the launcher itself (e.g. the flow-run process) dies by SIGKILL and cannot stop its ranks,
+    which run in their own sessions; its guard sees the pipe close and stops every group, grandchildren too."""
+    import subprocess
+    pids = tmp_path / "pids"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "mftasks.cli", "launch", "--nproc-per-node", "2", "--log-dir", str(tmp_path / "log"),
+         "--master-port", str(free_port()), "--", *prog("grandchild.py", pids)],
+        env=dict(os.environ, FAKE_SCHED_SLEEP="60"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        procs = read_json_files(pids, 3)
+        everyone = [p[k] for p in procs.values() for k in ("pid", "child")]
+        assert all(alive(pid) for pid in everyone)
+        launcher.kill()
+        launcher.wait()
+        killed_at = time.monotonic()
+        wait_for(lambda: not [pid for pid in everyone if alive(pid)], timeout=5.0)
+        assert time.monotonic() - killed_at < 3.0
+    finally:
+        launcher.kill()
+        for p in procs.values() if "procs" in locals() else []:
+            for k in ("pid", "child"):
+                try:
+                    os.kill(p[k], signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    guard_log = (tmp_path / "log" / "guard.log").read_text()
+    assert f"the launcher (pid {launcher.pid}) is gone without stopping its gang" in guard_log
+
+
+def test_guard_leaves_a_finished_gang_alone(tmp_path):
+    result = launch(spec(tmp_path, prog("exit_code.py", 0)))
+    assert result.ok
+    assert (tmp_path / "log" / "guard.log").read_text() == ""  # dismissed: it said and did nothing
 
 
 def test_log_paths_per_attempt(tmp_path):

@@ -17,8 +17,10 @@ Logs go straight from the process to its file (the kernel writes them; a slow `o
 rank, and the file is complete when the process exits). With `on_line`, a reader thread per process
 follows its file and passes each line on as `on_line(rank, line)` (rank None for the scheduler).
 
-Known limit: a launcher killed with SIGKILL cannot stop its ranks (they run in their own sessions on
-purpose, so that a terminal's Ctrl-C or a flow cancellation reaches the launcher, which then stops them).
+A launcher killed with SIGKILL cannot stop its ranks itself (they run in their own sessions on purpose, so
+that a terminal's Ctrl-C or a flow cancellation reaches the launcher, which then stops them); its guard
+process (`guard.py`, started before the first rank) sees the launcher's end of a pipe close and stops every
+group within stop_grace. Its output goes to `<attempt dir>/guard.log`.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from collections.abc import Callable
 
 from .env import base_env, rank_env, scheduler_env
 from .errors import RankStartError
+from .guard import Guard
 from .preflight import preflight
 from .result import FailureClass, LaunchResult, RankFailure, RankOutcome, classify, final_exception, tail_lines
 from .spec import LaunchSpec
@@ -76,6 +79,7 @@ class Gang:
         self._tail_stop = threading.Event()
         self._stop_started: float | None = None
         self._interrupted: int | None = None
+        self.guard: Guard | None = None
         self.t0 = 0.0
         self.wall0 = 0.0
 
@@ -95,6 +99,8 @@ class Gang:
             try:
                 self.stop()
             finally:
+                if self.guard is not None:
+                    self.guard.dismiss()
                 restore()
                 self._tail_stop.set()
                 for t in self._tails:
@@ -118,6 +124,7 @@ class Gang:
         spec = self.spec
         base = base_env(spec)
         argv = tuple(spec.program)
+        self.guard = Guard(spec.stop_grace, os.path.join(spec.attempt_dir, "guard.log"))
         if spec.runs_scheduler:
             self.scheduler = RankState(None, None, argv, scheduler_env(spec, base), spec.scheduler_log())
             self._start(self.scheduler)
@@ -146,6 +153,7 @@ class Gang:
             raise RankStartError(f"cannot start {st.name} ({' '.join(st.argv)}): {exc}") from exc
         finally:
             log.close()
+        self.guard.watch(st.proc.pid)
         waiter = threading.Thread(target=self._wait, args=(st,), name=f"wait-{st.name}", daemon=True)
         waiter.start()
         self._waiters.append(waiter)

@@ -81,9 +81,20 @@ def _program_problems(spec: LaunchSpec) -> list[str]:
 
 
 def _log_dir_problems(spec: LaunchSpec) -> list[str]:
-    folder = spec.attempt_dir
+    """The attempt's log folder can be written, or created: checked without creating anything, so that a
+    refused launch leaves no empty folders behind."""
+    folder = os.path.abspath(spec.attempt_dir)
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return [f"log_dir {spec.attempt_dir!r} cannot be created: {existing!r} is a file; choose another --log-dir"]
+    if existing != folder:
+        if not os.access(existing, os.W_OK | os.X_OK):
+            return [f"log_dir {spec.attempt_dir!r} cannot be created: {existing!r} is not writable; "
+                    "choose another --log-dir"]
+        return []
     try:
-        os.makedirs(folder, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
             pass
     except OSError as exc:
