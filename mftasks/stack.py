@@ -24,6 +24,9 @@ from . import process
 from .errors import ConfigError, MftasksError
 
 TERMINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+CRASH_SETTLE_S = 20.0
+"""How long `watch` waits for a Crashed run to stay Crashed (Prefect's runner and worker both report a
+killed flow-run process, 5-15 s apart)."""
 
 
 class StackError(MftasksError):
@@ -310,24 +313,46 @@ def parameter_problems(schema: dict, params: dict) -> list[str]:
     return problems
 
 
-def watch(stack: Stack, flow_run_id: str, timeout: float | None = None, on_state=None) -> dict:
-    """Poll a flow run until it ends; call on_state(name) at each state change; return the run."""
+def watch(stack: Stack, flow_run_id: str, timeout: float | None = None, on_state=None,
+          crash_settle: float = CRASH_SETTLE_S) -> dict:
+    """Poll a flow run until it ends; call on_state(name) at each state change; return the run.
+
+    Crashed counts as the end only once it has held for `crash_settle` seconds: when a crashed run is
+    retried (`prefect flow-run retry`), the worker's own, later report of the old process's exit can flip
+    the retried run to Crashed for a moment before it runs on (docs/RELIABILITY.md)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     last = None
+    crashed_since = None
     while True:
         with stack.http() as c:
-            r = c.get(f"/flow_runs/{flow_run_id}")
+            r = _get_retrying(c, f"/flow_runs/{flow_run_id}")
         _raise_for_status(r)
         run = r.json()
         state = (run.get("state") or {}).get("type")
         if state != last and on_state:
             on_state((run.get("state") or {}).get("name", state))
-        last = state
-        if state in TERMINAL:
+        if state == "CRASHED":
+            crashed_since = crashed_since if last == "CRASHED" else time.monotonic()
+            if time.monotonic() - crashed_since >= crash_settle:
+                return run
+        elif state in TERMINAL:
             return run
+        last = state
         if deadline is not None and time.monotonic() > deadline:
+            if state == "CRASHED":
+                return run
             raise StackError(f"flow run {flow_run_id} still {state} after {timeout:.0f}s")
         time.sleep(1.0)
+
+
+def _get_retrying(client, url: str, attempts: int = 10):
+    """GET, trying again while a busy SQLite server answers 503."""
+    for _ in range(attempts - 1):
+        r = client.get(url)
+        if r.status_code != 503:
+            return r
+        time.sleep(1.0)
+    return client.get(url)
 
 
 def flow_run_url(stack: Stack, flow_run_id: str) -> str:

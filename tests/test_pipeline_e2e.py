@@ -97,3 +97,43 @@ def test_nightly_eval_compares_with_previous_night_and_baseline(local_stack, fin
     third = st.watch(local_stack, st.run_deployment(local_stack, "nightly-eval", params)["id"], timeout=600)
     assert third["state"]["type"] == "FAILED"
     assert "worse than the baseline" in third["state"]["message"]
+
+
+def test_watch_waits_out_a_transient_crashed_state(local_stack):
+    """Prefect's runner and worker both report a killed flow-run process, seconds apart; after
+    `prefect flow-run retry` the late report flips the retried run to Crashed for a moment. `watch` must
+    follow it to its real end, and still report a run that stays Crashed."""
+    import threading
+    import time
+
+    with local_stack.http() as c:
+        flow = c.post("/flows/", json={"name": "watch-settle-test"}).json()
+
+        def new_run():
+            return c.post("/flow_runs/", json={"flow_id": flow["id"], "state": {"type": "RUNNING"}}).json()["id"]
+
+        def set_state(run_id, type_):
+            r = c.post(f"/flow_runs/{run_id}/set_state", json={"state": {"type": type_}, "force": True})
+            assert r.status_code < 300, r.text
+
+        flapping, stuck = new_run(), new_run()
+        set_state(flapping, "CRASHED")
+        set_state(stuck, "CRASHED")
+    seen = []
+
+    def recover():
+        time.sleep(1.5)
+        with local_stack.http() as c2:
+            r = c2.post(f"/flow_runs/{flapping}/set_state", json={"state": {"type": "RUNNING"}, "force": True})
+            assert r.status_code < 300, r.text
+            time.sleep(1.5)
+            r = c2.post(f"/flow_runs/{flapping}/set_state", json={"state": {"type": "COMPLETED"}, "force": True})
+            assert r.status_code < 300, r.text
+    t = threading.Thread(target=recover)
+    t.start()
+    final = st.watch(local_stack, flapping, timeout=60, on_state=seen.append, crash_settle=5.0)
+    t.join()
+    assert final["state"]["type"] == "COMPLETED" and seen[0] == "Crashed" and seen[-1] == "Completed", seen
+    t0 = time.monotonic()
+    final = st.watch(local_stack, stuck, timeout=60, crash_settle=2.0)
+    assert final["state"]["type"] == "CRASHED" and 2.0 <= time.monotonic() - t0 < 10

@@ -313,21 +313,28 @@ class Gang:
 
     def _dump_stacks(self, why: str) -> None:
         """SIGUSR1 (+SIGCONT, for a stopped process) to every running rank, whose faulthandler writes all
-        thread stacks to its log; then give them stack_dump_wait seconds. A rank without the handler dies
+        thread stacks to its log; wait until the dumps are there (at most stack_dump_wait). A rank without the handler dies
         of SIGUSR1, which is fine: the gang is being stopped anyway."""
         self._stop_started = time.monotonic()
         targets = self._running_workers()
+        offsets = {}
         for st in targets:
             _append_note(st.log_path, f"[mftasks launcher] {why}; SIGUSR1 sent for a stack dump")
+            offsets[st.pid] = _size(st.log_path)
             for sig in (signal.SIGUSR1, signal.SIGCONT):
                 try:
                     os.kill(st.pid, sig)
                 except ProcessLookupError:
                     pass
-        if targets and self.spec.stack_dump_wait > 0:
+        # A stopped rank runs again from its SIGCONT until the gang is stopped: wait only until every dump is
+        # in its log (or the rank exited, or stack_dump_wait passed), so that the gang hardly moves meanwhile.
+        pending = list(targets)
+        if pending and self.spec.stack_dump_wait > 0:
             deadline = time.monotonic() + self.spec.stack_dump_wait
-            while time.monotonic() < deadline:
-                self._drain_exits(min(POLL_S, max(0.0, deadline - time.monotonic())))
+            while pending and time.monotonic() < deadline:
+                self._drain_exits(min(0.01, max(0.0, deadline - time.monotonic())))
+                pending = [st for st in pending if not st.exited and not _dumped(st.log_path, offsets[st.pid])]
+            self._drain_exits(0.05)  # the rest of each dump
 
     # -- stop ----------------------------------------------------------------------------------------
 
@@ -382,6 +389,24 @@ class Gang:
             failures=failures, started_at=self.wall0, duration=now - self.t0, attempt=self.spec.attempt,
             log_dir=self.spec.attempt_dir,
             hang_timeout_used=self.hang_limit() if self.spec.heartbeat_dir is not None else None)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _dumped(path: str, offset: int) -> bool:
+    """faulthandler's dump has started in the log after offset (it writes the whole dump from its C signal
+    handler in one go, so the rest follows within microseconds; the caller waits a little more)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return b"(most recent call first):" in f.read()
+    except OSError:
+        return False
 
 
 # -- process groups ----------------------------------------------------------------------------------
