@@ -117,30 +117,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def running_stack(home: Path, workers=({},), deploy: bool = True, **env: str | None):
+    """A real Prefect server (PREFECT_HOME `home`, a free port, `env` set for the block) with a worker per
+    `workers` entry (keyword arguments of `stack.start_worker`) and, with `deploy`, every deployment;
+    everything stopped and the environment restored at the end."""
+    from mftasks import stack as st
+
+    with environ(MFTASKS_PREFECT_HOME=str(home), MFTASKS_PREFECT_PORT=str(free_port()), MFTASKS_PROJECT=str(REPO),
+                 **env):
+        stack = st.Stack.from_env()
+        try:
+            st.start_server(stack)
+            for kwargs in workers:
+                st.start_worker(stack, **kwargs)
+            if deploy:
+                st.deploy(stack)
+            yield stack
+        finally:
+            st.stop_workers(stack)
+            st.stop_server(stack)
+
+
 @pytest.fixture(scope="session")
 def local_stack(tmp_path_factory):
     """A real Prefect server (own PREFECT_HOME, free port) with one worker and every deployment; shared by
     the end-to-end and UI tests, stopped at the end of the session."""
-    from mftasks import stack as st
-
-    home = tmp_path_factory.mktemp("prefect-home")
-    env = {"MFTASKS_PREFECT_HOME": str(home), "MFTASKS_PREFECT_PORT": str(free_port()), "MFTASKS_PROJECT": str(REPO)}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    stack = st.Stack.from_env()
-    try:
-        st.start_server(stack)
-        st.start_worker(stack)
-        st.deploy(stack)
+    with running_stack(tmp_path_factory.mktemp("prefect-home")) as stack:
         yield stack
-    finally:
-        st.stop_workers(stack)
-        st.stop_server(stack)
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(scope="session")

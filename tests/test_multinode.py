@@ -1,9 +1,7 @@
 """Multi-node dispatch on one machine: two workers act as two nodes over 127.0.0.1 (per-node queues)."""
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 import uuid
 from pathlib import Path
 
@@ -13,36 +11,17 @@ import pytest
 from mftasks import stack as st
 from mftasks.data import PrepareSpec, prepare
 
+from conftest import free_port, running_stack
+
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_node_stack(tmp_path_factory):
-    home = tmp_path_factory.mktemp("prefect-mn")
-    env = {"MFTASKS_PREFECT_HOME": str(home), "MFTASKS_PREFECT_PORT": str(_free_port()),
-           "MFTASKS_PROJECT": str(REPO)}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    stack = st.Stack.from_env()
-    try:
-        st.start_server(stack)
-        st.start_worker(stack, queue="default")
-        st.start_worker(stack, queue="node-0", devices=1)
-        st.start_worker(stack, queue="node-1", devices=1)
-        st.deploy(stack)
+    workers = [{"queue": "default"}, {"queue": "node-0", "devices": 1}, {"queue": "node-1", "devices": 1}]
+    with running_stack(tmp_path_factory.mktemp("prefect-mn"), workers=workers) as stack:
         yield stack
-    finally:
-        st.stop_workers(stack)
-        st.stop_server(stack)
-        for k, v in old.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 def test_two_nodes_join_one_cluster(two_node_stack, corpus_dir, tiny_dataset):
@@ -53,7 +32,7 @@ def test_two_nodes_join_one_cluster(two_node_stack, corpus_dir, tiny_dataset):
                             seq_length=64))
         params = {"nnodes": 2, "nproc_per_node": 1, "train_dataset": str(rel / "data"),
                   "output_dir": str(rel / "train"), "model_type": "gpt2_tiny", "steps": 4, "batch_size": 2,
-                  "master_port": _free_port()}
+                  "master_port": free_port()}
         run = st.run_deployment(two_node_stack, "multi-node-train", params)
         final = st.watch(two_node_stack, run["id"], timeout=900)
         assert final["state"]["type"] == "COMPLETED", final["state"]

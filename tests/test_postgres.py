@@ -11,7 +11,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -24,17 +23,11 @@ import pytest
 from mftasks import stack as st
 from mftasks.data import demo_corpus
 
-from conftest import environ
+from conftest import free_port, running_stack
 
 REPO = Path(__file__).resolve().parents[1]
 DB = "prefect"
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pg_bin() -> Path:
@@ -107,7 +100,7 @@ def _cluster():
     root = Path(tempfile.mkdtemp(prefix="mftasks-pg-"))  # not under pytest's 0700 tmp: the owner must reach it
     if user:
         shutil.chown(root, user=user)
-    cluster = Cluster(bin=pg, root=root, port=_free_port(), user=user)
+    cluster = Cluster(bin=pg, root=root, port=free_port(), user=user)
     started = False
     try:
         cluster.run(cluster.as_owner(str(pg / "initdb"), "-D", str(cluster.data), "-U", "postgres",
@@ -127,23 +120,17 @@ def _cluster():
 def test_finetune_run_is_stored_in_postgres(tmp_path):
     rel = Path("build") / f"pg-{uuid.uuid4().hex[:8]}"  # deployment parameters are project-relative
     home = tmp_path / "prefect-home"
-    with _cluster() as pg, environ(MFTASKS_PREFECT_HOME=str(home), MFTASKS_PREFECT_PORT=str(_free_port()),
-                                    MFTASKS_PROJECT=str(REPO), PREFECT_API_DATABASE_CONNECTION_URL=pg.url):
-        stack = st.Stack.from_env()
-        try:
-            st.start_server(stack)  # Stack.env() passes PREFECT_API_DATABASE_CONNECTION_URL on
-            st.start_worker(stack)
-            st.deploy(stack)
-            demo_corpus.build(REPO / rel / "corpus", max_bytes=150_000, qa_pairs=2500, checks=8)
-            params = {"corpus_dir": str(rel / "corpus"), "work_dir": str(rel / "pipeline"), "model_type": "gpt2_tiny",
-                      "vocab_size": 300, "train_steps": 4, "finetune_steps": 4, "batch_size": 4, "predict_count": 1,
-                      "master_port": _free_port()}
-            run = st.run_deployment(stack, "finetune-gpt2", params)
-            final = st.watch(stack, run["id"], timeout=600)
-            assert final["state"]["type"] == "COMPLETED", final["state"]
+    with _cluster() as pg:
+        try:  # Stack.env() passes PREFECT_API_DATABASE_CONNECTION_URL on to the server
+            with running_stack(home, PREFECT_API_DATABASE_CONNECTION_URL=pg.url) as stack:
+                demo_corpus.build(REPO / rel / "corpus", max_bytes=150_000, qa_pairs=2500, checks=8)
+                params = {"corpus_dir": str(rel / "corpus"), "work_dir": str(rel / "pipeline"),
+                          "model_type": "gpt2_tiny", "vocab_size": 300, "train_steps": 4, "finetune_steps": 4,
+                          "batch_size": 4, "predict_count": 1, "master_port": free_port()}
+                run = st.run_deployment(stack, "finetune-gpt2", params)
+                final = st.watch(stack, run["id"], timeout=600)
+                assert final["state"]["type"] == "COMPLETED", final["state"]
         finally:
-            st.stop_workers(stack)
-            st.stop_server(stack)
             shutil.rmtree(REPO / rel, ignore_errors=True)
 
         rid = run["id"]

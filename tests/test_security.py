@@ -25,7 +25,7 @@ import pytest
 
 from mftasks import stack as st
 
-from conftest import environ
+from conftest import running_stack
 
 REPO = Path(__file__).resolve().parents[1]
 AUTH = "admin:secret"
@@ -149,26 +149,14 @@ def test_the_flow_itself_rejects_bad_paths(value):
 
 
 # ---------------------------------------------------------------------------------------------- (c), (d) a server
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def auth_stack(tmp_path_factory):
-    """A server started by mftasks.stack with its defaults and PREFECT_API_AUTH_STRING set, plus one worker."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    with environ(MFTASKS_PREFECT_HOME=str(home), MFTASKS_PREFECT_PORT=str(_free_port()), MFTASKS_PROJECT=str(REPO),
-                  MFTASKS_PREFECT_HOST=None, PREFECT_API_AUTH_STRING=AUTH, PREFECT_SERVER_API_AUTH_STRING=None):
-        stack = st.Stack.from_env()
+    """A server started by mftasks.stack with its defaults and PREFECT_API_AUTH_STRING set (workers are the
+    tests' own)."""
+    with running_stack(tmp_path_factory.mktemp("prefect-home"), workers=(), deploy=False, MFTASKS_PREFECT_HOST=None,
+                       PREFECT_API_AUTH_STRING=AUTH, PREFECT_SERVER_API_AUTH_STRING=None) as stack:
         assert stack.auth == AUTH and stack.host == "127.0.0.1"
-        try:
-            st.start_server(stack)
-            yield stack
-        finally:
-            st.stop_workers(stack)
-            st.stop_server(stack)
+        yield stack
 
 
 def _cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:

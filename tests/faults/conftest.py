@@ -29,6 +29,8 @@ import pytest
 from mftasks import stack as st
 from mftasks.data import demo_corpus
 
+from conftest import free_port, running_stack
+
 REPO = Path(__file__).resolve().parents[2]
 NPROC = 2
 # The run every fault test starts from: tiny, 2 ranks, a checkpoint every 4 steps, no dropout (so an
@@ -38,12 +40,6 @@ BASE_PARAMS = {"model_type": "gpt2_tiny", "vocab_size": 300, "nproc": NPROC, "tr
 RUN_TIMEOUT = 600.0
 STARTED: list[str] = []
 """Ids of the flow runs the fault tests created (see kill_leftovers)."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def free_master_port() -> int:
@@ -70,25 +66,8 @@ def fault_stack(tmp_path_factory):
     killed with SIGKILL (the flow-process fault, and the run the disk-full test aborts) cannot give back
     the 2 slots its launch holds; Prefect reclaims them only when the lease expires (300 s, see
     docs/RELIABILITY.md), and a retry must not wait for that here."""
-    home = tmp_path_factory.mktemp("prefect-faults")
-    env = {"MFTASKS_PREFECT_HOME": str(home), "MFTASKS_PREFECT_PORT": str(free_port()),
-           "MFTASKS_PROJECT": str(REPO)}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    stack = st.Stack.from_env()
-    try:
-        st.start_server(stack)
-        st.start_worker(stack, devices=6 * NPROC)
-        st.deploy(stack)
+    with running_stack(tmp_path_factory.mktemp("prefect-faults"), workers=[{"devices": 6 * NPROC}]) as stack:
         yield stack
-    finally:
-        st.stop_workers(stack)
-        st.stop_server(stack)
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(scope="module")
