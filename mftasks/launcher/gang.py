@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from ..process import live_groups, signal_groups
 from .env import base_env, rank_env, scheduler_env
 from .errors import RankStartError
 from .guard import Guard
@@ -349,14 +350,14 @@ class Gang:
                 st.stop_requested = True
         live = live_groups([st.pgid for st in started])
         if live:
-            _signal_groups(live, signal.SIGTERM)
-            _signal_groups(live, signal.SIGCONT)
+            signal_groups(live, signal.SIGTERM)
+            signal_groups(live, signal.SIGCONT)
             deadline = time.monotonic() + self.spec.stop_grace
             while live and time.monotonic() < deadline:
                 self._drain_exits(0.02)
                 live = live_groups(live)
             if live:
-                _signal_groups(live, signal.SIGKILL)
+                signal_groups(live, signal.SIGKILL)
                 end = time.monotonic() + 1.0
                 while live and time.monotonic() < end:
                     self._drain_exits(0.01)
@@ -407,48 +408,6 @@ def _dumped(path: str, offset: int) -> bool:
             return b"(most recent call first):" in f.read()
     except OSError:
         return False
-
-
-# -- process groups ----------------------------------------------------------------------------------
-
-def _signal_groups(pgids, sig) -> None:
-    for pg in pgids:
-        try:
-            os.killpg(pg, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def live_groups(pgids) -> list[int]:
-    """The process groups among `pgids` that still hold a process that is not a zombie."""
-    pgids = [pg for pg in pgids if pg is not None]
-    exists = []
-    for pg in pgids:
-        try:
-            os.killpg(pg, 0)
-            exists.append(pg)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            exists.append(pg)
-    if not exists or not os.path.isdir("/proc/self"):
-        return exists
-    live = set()
-    wanted = set(exists)
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2:].split()
-        if len(fields) >= 3 and fields[0] not in (b"Z", b"X"):
-            pgrp = int(fields[2])
-            if pgrp in wanted:
-                live.add(pgrp)
-    return [pg for pg in exists if pg in live]
 
 
 def _append_note(path: str, text: str) -> None:

@@ -16,7 +16,7 @@ node and write checkpoints until someone noticed. The guard closes that hole:
 Only the launcher holds the write end (os.pipe's fds are close-on-exec, so the ranks never inherit it), so
 EOF without "done" means exactly "the launcher is gone". No polling, no pid-reuse race.
 
-This file is run by path with the standard library only (`python .../guard.py GRACE LAUNCHER_PID`, its output appended to the log), so it starts in
+This file is run by path with the standard library and mftasks.process only (`python .../guard.py GRACE LAUNCHER_PID`, its output appended to the log), so it starts in
 milliseconds and imports nothing of mftasks or MindSpore.
 """
 from __future__ import annotations
@@ -26,6 +26,10 @@ import signal
 import subprocess
 import sys
 import time
+
+if __name__ == "__main__":  # run by path: make the package importable (its __init__ loads nothing heavy)
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from mftasks.process import live_groups, signal_groups  # noqa: E402
 
 
 class Guard:
@@ -74,27 +78,6 @@ class Guard:
 
 # -- the guard process ---------------------------------------------------------------------------------
 
-def _live(pgids: list[int]) -> list[int]:
-    live = []
-    for pg in pgids:
-        try:
-            os.killpg(pg, 0)
-            live.append(pg)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            live.append(pg)
-    return live
-
-
-def _signal(pgids: list[int], sig: int) -> None:
-    for pg in pgids:
-        try:
-            os.killpg(pg, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
 def _say(message: str) -> None:
     print(time.strftime("%Y-%m-%d %H:%M:%S ") + f"[mftasks guard {os.getpid()}] {message}", flush=True)
 
@@ -114,17 +97,17 @@ def main(argv: list[str]) -> int:
                 return 0
             if line.startswith(b"pgid "):
                 pgids.append(int(line[5:]))
-    live = _live(pgids)
+    live = live_groups(pgids)
     _say(f"the launcher (pid {launcher}) is gone without stopping its gang; "
          f"stopping process groups {live} (SIGTERM, then SIGKILL after {grace:g} s)")
-    _signal(live, signal.SIGTERM)
-    _signal(live, signal.SIGCONT)
+    signal_groups(live, signal.SIGTERM)
+    signal_groups(live, signal.SIGCONT)
     deadline = time.monotonic() + grace
     while live and time.monotonic() < deadline:
         time.sleep(0.05)
-        live = _live(live)
+        live = live_groups(live)
     if live:
-        _signal(live, signal.SIGKILL)
+        signal_groups(live, signal.SIGKILL)
         _say(f"SIGKILL sent to {live}")
     return 3
 
