@@ -10,18 +10,37 @@ class MftasksError(Exception):
     """Base class of every error mftasks raises on purpose."""
 
 
-class ConfigError(MftasksError, ValueError):
-    """A configuration value (argument, YAML key, CLI flag) is invalid."""
+class ProblemsError(MftasksError, ValueError):
+    """Every problem a validator found, in one error: `.problems` (the list) and `.where` (what was read).
+
+    One problem: "<head>: <problem>"; several: "<head><many>:" and one "  - <problem>" line each. Subclasses
+    word the head."""
 
     def __init__(self, problems: list[str] | str, where: str | None = None):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         self.where = where
-        head = f"invalid configuration in {where}" if where else "invalid configuration"
+        head = self._head(where)
         if len(self.problems) == 1:
             msg = f"{head}: {self.problems[0]}"
         else:
-            msg = head + f" ({len(self.problems)} problems):\n" + "\n".join(f"  - {p}" for p in self.problems)
+            msg = head + self._many(len(self.problems)) + ":\n" + "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(msg)
+
+    @staticmethod
+    def _head(where: str | None) -> str:
+        return f"problems in {where}" if where else "problems"
+
+    @staticmethod
+    def _many(n: int) -> str:
+        return f" ({n} problems)"
+
+
+class ConfigError(ProblemsError):
+    """A configuration value (argument, YAML key, CLI flag) is invalid."""
+
+    @staticmethod
+    def _head(where: str | None) -> str:
+        return f"invalid configuration in {where}" if where else "invalid configuration"
 
     @staticmethod
     def raise_if(problems: list[str], where: str | None = None) -> None:

@@ -10,25 +10,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from mftasks.errors import MftasksError
+from mftasks.errors import ProblemsError
 
 from .validation import _DEVICE_KEYS, _SERVER_KEYS, _TOP_KEYS, validate
 
 __all__ = ["Device", "RankTable", "RankTableError", "Server", "SuperPod", "devices_of", "show", "world_size"]
 
 
-class RankTableError(MftasksError, ValueError):
+class RankTableError(ProblemsError):
     """A rank table (file, JSON value or merge result) is malformed or inconsistent."""
 
-    def __init__(self, problems: list[str] | str, where: str | None = None):
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
-        self.where = where
-        head = f"rank table {where}" if where else "rank table"
-        if len(self.problems) == 1:
-            msg = f"{head}: {self.problems[0]}"
-        else:
-            msg = f"{head} has {len(self.problems)} problems:\n" + "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(msg)
+    @staticmethod
+    def _head(where: str | None) -> str:
+        return f"rank table {where}" if where else "rank table"
+
+    @staticmethod
+    def _many(n: int) -> str:
+        return f" has {n} problems"
 
 
 @dataclass
