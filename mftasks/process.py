@@ -29,19 +29,25 @@ def alive(pid: int) -> bool:
         return True
 
 
-def stop_groups(pids: list[int], grace: float = 5.0) -> list[int]:
-    """SIGTERM each process group, one shared deadline, then SIGKILL; return the pids still alive after."""
-    signal_groups(pids, signal.SIGTERM)
-    _wait_gone(pids, grace)
-    signal_groups([p for p in pids if alive(p)], signal.SIGKILL)
-    _wait_gone(pids, grace)
-    return [p for p in pids if alive(p)]
+def stop_groups(pgids: list[int], grace: float = 5.0) -> list[int]:
+    """SIGTERM (+SIGCONT, for a stopped process) to each process group, one shared deadline of `grace`
+    seconds, then SIGKILL; return the groups that still hold a live process (grandchildren count)."""
+    live = live_groups(pgids)
+    signal_groups(live, signal.SIGTERM)
+    signal_groups(live, signal.SIGCONT)
+    live = _wait_empty(live, grace)
+    if live:
+        signal_groups(live, signal.SIGKILL)
+        live = _wait_empty(live, grace)
+    return live
 
 
-def _wait_gone(pids: list[int], timeout: float) -> None:
+def _wait_empty(pgids: list[int], timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(alive(p) for p in pids):
-        time.sleep(0.1)
+    while pgids and time.monotonic() < deadline:
+        time.sleep(0.05)
+        pgids = live_groups(pgids)
+    return pgids
 
 
 def signal_groups(pgids, sig) -> None:

@@ -314,8 +314,8 @@ class Gang:
 
     def _dump_stacks(self, why: str) -> None:
         """SIGUSR1 (+SIGCONT, for a stopped process) to every running rank, whose faulthandler writes all
-        thread stacks to its log; wait until the dumps are there (at most stack_dump_wait). A rank without the handler dies
-        of SIGUSR1, which is fine: the gang is being stopped anyway."""
+        thread stacks to its log; wait until the dumps are there (at most stack_dump_wait). A rank without
+        the handler dies of SIGUSR1, which is fine: the gang is being stopped anyway."""
         self._stop_started = time.monotonic()
         targets = self._running_workers()
         offsets = {}

@@ -5,31 +5,31 @@ which then stops them in order. A launcher killed with SIGKILL (the flow-run pro
 killer, by an operator, by a worker's escalation) cannot do that, and the ranks would train on, burn the
 node and write checkpoints until someone noticed. The guard closes that hole:
 
-    launcher                         guard (own session, stdlib only)
+    launcher                         guard (own session)
     os.pipe(); start guard  ───────► stdin = the pipe's read end
     start a rank; "pgid N\\n" ──────► remembers N
     ...                              blocks on read
     gang over; "done\\n", close ───► exits 0, touches nothing
     (launcher dies: the kernel closes the write end)
-                              EOF ─► SIGTERM (+SIGCONT) to every group, `grace` s, SIGKILL; exits 3
+                              EOF ─► process.stop_groups: SIGTERM (+SIGCONT), `grace` s, SIGKILL; exits 3
 
 Only the launcher holds the write end (os.pipe's fds are close-on-exec, so the ranks never inherit it), so
 EOF without "done" means exactly "the launcher is gone". No polling, no pid-reuse race.
 
-This file is run by path with the standard library and mftasks.process only (`python .../guard.py GRACE LAUNCHER_PID`, its output appended to the log), so it starts in
-milliseconds and imports nothing of mftasks or MindSpore.
+The guard is this file run by path (`python .../guard.py GRACE LAUNCHER_PID`, its output appended to
+`<attempt dir>/guard.log`); it imports only the standard library and `mftasks.process`, never MindSpore,
+so it starts in milliseconds.
 """
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 
 if __name__ == "__main__":  # run by path: make the package importable (its __init__ loads nothing heavy)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from mftasks.process import live_groups, signal_groups  # noqa: E402
+from mftasks.process import live_groups, stop_groups  # noqa: E402
 
 
 class Guard:
@@ -41,8 +41,7 @@ class Guard:
             os.makedirs(os.path.dirname(log_path), exist_ok=True)
             with open(log_path, "ab") as log:
                 argv = [sys.executable, os.path.abspath(__file__), str(grace), str(os.getpid())]
-                self.proc = subprocess.Popen(argv,
-                                             stdin=read_fd, stdout=log, stderr=subprocess.STDOUT,
+                self.proc = subprocess.Popen(argv, stdin=read_fd, stdout=log, stderr=subprocess.STDOUT,
                                              start_new_session=True, close_fds=True)
         except BaseException:
             os.close(self._write_fd)
@@ -97,18 +96,11 @@ def main(argv: list[str]) -> int:
                 return 0
             if line.startswith(b"pgid "):
                 pgids.append(int(line[5:]))
-    live = live_groups(pgids)
-    _say(f"the launcher (pid {launcher}) is gone without stopping its gang; "
-         f"stopping process groups {live} (SIGTERM, then SIGKILL after {grace:g} s)")
-    signal_groups(live, signal.SIGTERM)
-    signal_groups(live, signal.SIGCONT)
-    deadline = time.monotonic() + grace
-    while live and time.monotonic() < deadline:
-        time.sleep(0.05)
-        live = live_groups(live)
-    if live:
-        signal_groups(live, signal.SIGKILL)
-        _say(f"SIGKILL sent to {live}")
+    _say(f"the launcher (pid {launcher}) is gone without stopping its gang; stopping process groups "
+         f"{live_groups(pgids)} (SIGTERM, then SIGKILL after {grace:g} s)")
+    still = stop_groups(pgids, grace)
+    if still:
+        _say(f"process groups {still} survived SIGKILL")
     return 3
 
 
