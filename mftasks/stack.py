@@ -278,11 +278,7 @@ def run_deployment(stack: Stack, name: str, params: dict | None = None) -> dict:
     ConfigError.raise_if(parameter_problems(dep.get("parameter_openapi_schema") or {}, params or {}),
                          where=f"parameters of {dep['flow_name']}/{dep['name']}")
     with stack.http() as c:
-        for _ in range(10):  # a busy SQLite server answers 503 now and then: try again
-            r = c.post(f"/deployments/{dep['id']}/create_flow_run", json={"parameters": params or {}})
-            if r.status_code != 503:
-                break
-            time.sleep(1.0)
+        r = _retry_busy(lambda: c.post(f"/deployments/{dep['id']}/create_flow_run", json={"parameters": params or {}}))
     if r.status_code >= 400:
         detail = r.json().get("detail", r.text) if r.headers.get("content-type", "").startswith("application/json") \
             else r.text
@@ -325,7 +321,7 @@ def watch(stack: Stack, flow_run_id: str, timeout: float | None = None, on_state
     crashed_since = None
     while True:
         with stack.http() as c:
-            r = _get_retrying(c, f"/flow_runs/{flow_run_id}")
+            r = _retry_busy(lambda: c.get(f"/flow_runs/{flow_run_id}"))
         _raise_for_status(r)
         run = r.json()
         state = (run.get("state") or {}).get("type")
@@ -345,14 +341,14 @@ def watch(stack: Stack, flow_run_id: str, timeout: float | None = None, on_state
         time.sleep(1.0)
 
 
-def _get_retrying(client, url: str, attempts: int = 10):
-    """GET, trying again while a busy SQLite server answers 503."""
+def _retry_busy(send, attempts: int = 10):
+    """send() again, a second apart, while the server answers 503 (a busy SQLite server does now and then)."""
     for _ in range(attempts - 1):
-        r = client.get(url)
+        r = send()
         if r.status_code != 503:
             return r
         time.sleep(1.0)
-    return client.get(url)
+    return send()
 
 
 def flow_run_url(stack: Stack, flow_run_id: str) -> str:

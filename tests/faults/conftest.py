@@ -64,8 +64,8 @@ def fault_stack(tmp_path_factory):
 
     The worker's node gets 12 device slots (2 per gang): four gangs run at once, and a flow-run process
     killed with SIGKILL (the flow-process fault, and the run the disk-full test aborts) cannot give back
-    the 2 slots its launch holds; Prefect reclaims them only when the lease expires (300 s, see
-    docs/RELIABILITY.md), and a retry must not wait for that here."""
+    the 2 slots its launch holds; Prefect reclaims them only when the lease expires (60 s, see
+    docs/RELIABILITY.md gap 3), and a retry must not wait for that here."""
     with running_stack(tmp_path_factory.mktemp("prefect-faults"), workers=[{"devices": 6 * NPROC}]) as stack:
         yield stack
 
