@@ -63,3 +63,7 @@ class DeviceError(MftasksError):
 
 class CheckpointError(MftasksError):
     """A checkpoint is missing, incomplete, corrupt or does not fit the model."""
+
+
+class DiskFullError(MftasksError):
+    """A write ran out of space (ENOSPC or quota): names the path, the space needed and the space free."""

@@ -172,3 +172,29 @@ def finished_pipeline(local_stack, work_dir):
     assert final["state"]["type"] == "COMPLETED", final["state"]
     summary = json.loads((REPO / work_dir / "pipeline" / "runs" / run["id"] / "summary.json").read_text())
     return run, summary
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A factory: small_fs(size_bytes) mounts a real tmpfs of that size under tmp_path and returns its path
+    (the disk-full tests write into it until ENOSPC); unmounted at teardown.  Skipped, with the reason
+    printed, where this process may not mount (not root, no CAP_SYS_ADMIN)."""
+    import subprocess
+
+    mounts = []
+
+    def make(size: int, name: str = "fs") -> Path:
+        point = tmp_path / name
+        point.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(size)}", "tmpfs", str(point)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            reason = f"cannot mount a tmpfs here ({(r.stderr or r.stdout).strip()}); disk-full test skipped"
+            print(reason)
+            pytest.skip(reason)
+        mounts.append(point)
+        return point
+
+    yield make
+    for point in reversed(mounts):
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
