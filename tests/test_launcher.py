@@ -136,15 +136,28 @@ def test_env_vars_per_mode():
 
 
 def test_classify():
+    # without an error record: from how the process ended
     assert classify(-9, ["step 3"]) is FailureClass.KILLED
     assert classify(-9, ["Out of memory: killed process"]) is FailureClass.OOM
     assert classify(1, ["Traceback (most recent call last):", "MemoryError"]) is FailureClass.OOM
     assert classify(2, ["usage: train.py [-h]"]) is FailureClass.USER_ERROR
     assert classify(1, ["mftasks.errors.DataError: shard 3 is corrupt"]) is FailureClass.USER_ERROR
-    assert classify(1, ["FileNotFoundError: [Errno 2] No such file or directory: 'x.yaml'"]) is FailureClass.USER_ERROR
+    assert classify(1, ["Traceback (most recent call last):", '  File "train.py", line 3, in <module>',
+                        "ValueError: lr must be > 0"]) is FailureClass.USER_ERROR  # was crash, retried twice
     assert classify(1, ["RuntimeError: HCCL allreduce timed out after 1836 s"]) is FailureClass.COMM_TIMEOUT
-    assert classify(1, ["[WARNING] Topology build timed out, retry(1/50)", "RuntimeError: boom"]) is FailureClass.CRASH
+    assert classify(1, ["OSError: [Errno 28] No space left on device: 'x.ckpt'"]) is FailureClass.DISK_FULL
+    assert classify(1, ["[WARNING] Topology build timed out, retry(1/50)", "RuntimeError: boom"]) \
+        is FailureClass.USER_ERROR
+    assert classify(1, ["rank 1 exiting with 1"]) is FailureClass.CRASH  # no traceback: not an exception
     assert classify(139, []) is FailureClass.CRASH
+    # with one: the rank's own verdict (a signal still wins: the record cannot tell that story)
+    user = {"exception_type": "builtins.ValueError", "message": "x", "retryable": False, "kind": "user"}
+    marked = {**user, "retryable": True, "kind": "marked"}
+    assert classify(2, [], user) is FailureClass.USER_ERROR
+    assert classify(1, ["RuntimeError: HCCL allreduce timed out"], user) is FailureClass.USER_ERROR
+    assert classify(2, ["usage: x"], marked) is FailureClass.CRASH
+    assert classify(1, [], {**marked, "kind": "disk_full"}) is FailureClass.DISK_FULL
+    assert classify(-9, [], user) is FailureClass.KILLED
     assert not FailureClass.USER_ERROR.retryable and all(
         fc.retryable for fc in FailureClass if fc is not FailureClass.USER_ERROR)
 
@@ -276,6 +289,7 @@ def test_scheduler_failure_is_the_root_cause(tmp_path):
 @pytest.mark.parametrize("kind, fc, retry, text", [
     ("module", FailureClass.USER_ERROR, False, "ModuleNotFoundError: No module named"),
     ("config", FailureClass.USER_ERROR, False, "ConfigError: invalid configuration in run.yaml"),
+    ("runtime", FailureClass.USER_ERROR, False, "RuntimeError: something broke in a kernel"),
     ("hccl", FailureClass.COMM_TIMEOUT, True, "RuntimeError: [ERROR] HCCL"),
     ("oom", FailureClass.OOM, True, None),
 ])

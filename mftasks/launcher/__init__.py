@@ -9,10 +9,12 @@ Replaces MindFormers' run_distribute_*.sh loop (start each rank in the backgroun
 again, wait 1836 s for HCCL to time out when one dies) and msrun (which kills the rest ~45 s after a
 worker died): exit codes are collected per rank, the first failure by time is the root cause, the
 others are stopped within stop_grace (2 s) plus a fraction of a second, hangs are found from the
-Trainer's heartbeats, and failures are classified as user errors (do not retry) or infrastructure.
+Trainer's heartbeats, and failures are classified as user errors (do not retry) or infrastructure,
+from the error record each rank writes itself (`record`, like torch elastic's @record), or from its exit.
 
 Modules: spec (LaunchSpec), env (per-rank environment per mode), preflight, state (RankState),
-gang (start / watch / stop), result (LaunchResult, RankFailure, FailureClass), cli (`mftasks launch`).
+gang (start / watch / stop), result (LaunchResult, RankFailure, FailureClass), record (a rank's own
+error record: `from mftasks.launcher.record import record`), cli (`mftasks launch`).
 """
 from __future__ import annotations
 

@@ -5,8 +5,8 @@
         -- python run_mindformer.py --config ...
 
 Prints a per-rank table and the root cause. Exit status: 0 success, 1 a rank failed for a reason a
-retry will not fix (user error), 3 a retryable infrastructure failure (killed, oom, comm timeout, hang,
-timeout, crash). A bad flag or failed preflight raises MftasksError (the mftasks CLI exits 2).
+retry will not fix (user error), 3 a retryable infrastructure failure (killed, oom, disk full, comm
+timeout, hang, timeout, crash). A bad flag or failed preflight raises MftasksError (the mftasks CLI exits 2).
 """
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ def add_commands(subparsers) -> None:
         description="Start one process per rank, watch them, stop them all when one fails. Everything after "
                     "-- is the program's argv (no shell).",
         epilog="exit status: 0 success, 1 a rank failed (user error: fix and rerun), 3 retryable failure "
-               "(killed, oom, comm_timeout, hang, timeout, crash)")
+               "(killed, oom, disk_full, comm_timeout, hang, timeout, crash). Each rank gets MFTASKS_ERROR_FILE; "
+               "a program wrapped in mftasks.launcher.record.record reports its own failure there")
     p.add_argument("--nproc-per-node", type=int, required=True, help="processes (ranks) on this node")
     p.add_argument("--mode", choices=MODES, default="dynamic-cluster",
                    help="dynamic-cluster (MindSpore scheduler + workers, like msrun; default) or rank-table")

@@ -5,7 +5,8 @@ launch's RANK_ID must not leak in), plus `spec.env`, plus:
 
 - PATH with `dirname(sys.executable)` first, so a program written as `python ...` runs this
   interpreter / virtualenv (msrun runs the literal `python` found on PATH: NOTES.md);
-- PYTHONUNBUFFERED=1 unless set, so a rank's output reaches its log as it is printed.
+- PYTHONUNBUFFERED=1 unless set, so a rank's output reaches its log as it is printed;
+- MFTASKS_ERROR_FILE, the absolute path of the process's own error record (record.py), beside its log.
 
 dynamic-cluster (what msrun exports; mindspore/parallel/cluster/process_entity/_api.py):
     scheduler (node 0 only): MS_ROLE=MS_SCHED MS_SCHED_HOST MS_SCHED_PORT MS_WORKER_NUM RANK_ID=0
@@ -22,6 +23,7 @@ import os
 import sys
 from collections.abc import Mapping
 
+from .record import ERROR_FILE_ENV
 from .spec import OWNED_ENV, LaunchSpec, LocalRank
 
 
@@ -65,8 +67,10 @@ def scheduler_vars(spec: LaunchSpec) -> dict[str, str]:
 
 
 def rank_env(spec: LaunchSpec, lr: LocalRank, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    return {**(base_env(spec) if base is None else base), **rank_vars(spec, lr)}
+    return {**(base_env(spec) if base is None else base), **rank_vars(spec, lr),
+            ERROR_FILE_ENV: os.path.abspath(spec.error_file(lr.rank))}
 
 
 def scheduler_env(spec: LaunchSpec, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    return {**(base_env(spec) if base is None else base), **scheduler_vars(spec)}
+    return {**(base_env(spec) if base is None else base), **scheduler_vars(spec),
+            ERROR_FILE_ENV: os.path.abspath(spec.error_file(None))}

@@ -39,7 +39,9 @@ from .env import base_env, rank_env, scheduler_env
 from .errors import RankStartError
 from .guard import Guard
 from .preflight import preflight
-from .result import FailureClass, LaunchResult, RankFailure, RankOutcome, classify, final_exception, tail_lines
+from .record import read_record
+from .result import (FailureClass, LaunchResult, RankFailure, RankOutcome, classify, final_exception,
+                     record_exception, tail_lines)
 from .spec import LaunchSpec
 from .state import Phase, RankState
 
@@ -127,12 +129,13 @@ class Gang:
         argv = tuple(spec.program)
         self.guard = Guard(spec.stop_grace, os.path.join(spec.attempt_dir, "guard.log"))
         if spec.runs_scheduler:
-            self.scheduler = RankState(None, None, argv, scheduler_env(spec, base), spec.scheduler_log())
+            self.scheduler = RankState(None, None, argv, scheduler_env(spec, base), spec.scheduler_log(),
+                                       error_path=spec.error_file(None))
             self._start(self.scheduler)
             self._started()
         for lr in spec.local_ranks():
             st = RankState(lr.rank, lr.local_rank, argv, rank_env(spec, lr, base), spec.rank_log(lr.rank),
-                           spec.heartbeat_path(lr.rank))
+                           spec.heartbeat_path(lr.rank), spec.error_file(lr.rank))
             self.workers.append(st)
             self._start(st)
             self._started()
@@ -145,6 +148,7 @@ class Gang:
         os.makedirs(os.path.dirname(st.log_path), exist_ok=True)
         open(st.log_path, "wb").close()  # truncate, then append: other writers (the Trainer's own
         log = open(st.log_path, "ab")    # FileHandler on the same file) interleave instead of clobbering
+        _remove(st.error_path)           # an earlier launch's record in the same folder is not this one's
         try:
             st.started_mono, st.started_wall = time.monotonic(), time.time()
             st.proc = subprocess.Popen(list(st.argv), env=st.env, cwd=self.spec.cwd, stdin=subprocess.DEVNULL,
@@ -253,14 +257,17 @@ class Gang:
             self.failures.append(self._exit_failure(st, when))
 
     def _exit_failure(self, st: RankState, when: float) -> RankFailure:
+        """A process failed by itself: classed from its own error record if it wrote one, else from its exit."""
         lines = tail_lines(st.log_path, 60)
         rc = st.returncode
+        record = read_record(st.error_path)
         message = f"was killed by {st.signal_name}" if rc < 0 else f"exited with code {rc}"
         return RankFailure(
-            classify(rc, lines), st.rank, exitcode=st.exitcode, signal=st.signal_name, message=message,
-            exception=final_exception(lines), error_lines=tuple(lines[-ERROR_LINES:]), log_path=st.log_path,
-            elapsed=when - self.t0, ranks=(st.rank,) if st.rank is not None else (),
-            role="scheduler" if st.is_scheduler else "worker")
+            classify(rc, lines, record), st.rank, exitcode=st.exitcode, signal=st.signal_name, message=message,
+            exception=record_exception(record) if record else final_exception(lines),
+            error_lines=tuple(lines[-ERROR_LINES:]), log_path=st.log_path, elapsed=when - self.t0,
+            ranks=(st.rank,) if st.rank is not None else (), role="scheduler" if st.is_scheduler else "worker",
+            record_path=st.error_path if record else None)
 
     def _await_scheduler(self) -> None:
         """Every worker succeeded: let the scheduler finish on its own (MindSpore's exits ~5 s later)."""
@@ -408,6 +415,14 @@ def _dumped(path: str, offset: int) -> bool:
             return b"(most recent call first):" in f.read()
     except OSError:
         return False
+
+
+def _remove(path: str | None) -> None:
+    if path:
+        try:
+            os.unlink(path)
+        except OSError:  # none there (or not removable: then the rank cannot write one either)
+            pass
 
 
 def _append_note(path: str, text: str) -> None:

@@ -1,8 +1,18 @@
 """What a launch returns: `LaunchResult` keyed by rank, the root-cause `RankFailure`, failure classes.
 
 All or nothing: the launch is `ok` only when every rank exited 0. Otherwise `root_cause` is the first
-failure by time (a rank's own exit, or the launcher's verdict: hang, timeout), classified from its exit
-status and the last lines of its log, and `retryable` says whether running again can help.
+failure by time (a rank's own exit, or the launcher's verdict: hang, timeout), and `retryable` says
+whether running again can help.
+
+A rank that exited by itself is classed from its own error record (`record.py`: the rank wrote its
+uncaught exception, and whether it is a user error, to MFTASKS_ERROR_FILE), never from exception names
+in its log. Without a record it is classed from how it ended (`classify`):
+
+    killed by a signal                        -> killed (oom when the kernel's OOM killer left its mark)
+    exit 2 (argparse / the mftasks CLI usage)  -> user_error
+    out-of-memory / disk-full / collective-timeout text in the log -> oom / disk_full / comm_timeout
+    exit 1 after a Python traceback           -> user_error (an uncaught exception in the program)
+    any other non-zero exit                   -> crash
 """
 from __future__ import annotations
 
@@ -10,45 +20,39 @@ import os
 import re
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from .errors import GangFailedError
+from .record import COMM_TIMEOUT as _COMM_TIMEOUT
+from .record import DISK_FULL as _DISK_FULL
+from .record import OOM as _OOM
 
 
 class FailureClass(str, Enum):
     """Why a gang failed. Only USER_ERROR is not worth a retry."""
 
-    USER_ERROR = "user_error"      # bad config, import error, data error, usage (exit 2): fix and rerun
+    USER_ERROR = "user_error"      # the program's own exception (unless it marked it retryable), usage (exit 2)
     KILLED = "killed"              # ended by a signal (not by the launcher)
     OOM = "oom"                    # killed with "Out of memory" / MemoryError
+    DISK_FULL = "disk_full"        # ENOSPC / EDQUOT: space may be freed (or was a passing peak) before a retry
     COMM_TIMEOUT = "comm_timeout"  # a collective / HCCL / cluster timeout
     HANG = "hang"                  # no heartbeat progress for the hang timeout (or no first heartbeat)
     TIMEOUT = "timeout"            # the launch's overall timeout
-    CRASH = "crash"                # any other non-zero exit
+    CRASH = "crash"                # any other non-zero exit, or an exception the program marked retryable
 
     @property
     def retryable(self) -> bool:
         return self is not FailureClass.USER_ERROR
 
 
-# Final exception names that mean "fix your input, a retry will fail the same way".
-USER_EXCEPTIONS = frozenset({
-    "ModuleNotFoundError", "ImportError", "SyntaxError", "IndentationError", "TabError", "NameError",
-    "FileNotFoundError", "IsADirectoryError", "NotADirectoryError",
-    "ConfigError", "DataError", "CheckpointError", "OutputExistsError", "DeviceError",
-    "LaunchSpecError", "PreflightError",
-})
 USAGE_EXIT_CODE = 2  # argparse and the mftasks command line exit 2 on a usage / config error
+UNCAUGHT_EXIT_CODE = 1  # Python's exit status after an uncaught exception
 
 # "ValueError: x" or "mftasks.errors.ConfigError: x" or a bare "KeyboardInterrupt" at line start.
 _EXC_LINE = re.compile(r"^(?:[A-Za-z_][\w]*\.)*([A-Z]\w*(?:Error|Exception|Exit|Interrupt|Timeout))(?::\s|:?\s*$)")
-_OOM = re.compile(r"out of memory|\bMemoryError\b|bad_alloc|cannot allocate memory|oom-kill", re.I)
-_COMM_TIMEOUT = re.compile(
-    r"\b(?:hccl|nccl|mccl|lccl|gloo|collective|communicat\w*|allreduce|allgather|broadcast|watchdog)\b"
-    r".*\btime[ds]?[ _-]?out"
-    r"|\btime[ds]?[ _-]?out\b.*\b(?:hccl|nccl|collective|communicat\w*)\b"
-    r"|\bEI000[26]\b"                        # Ascend HCCL notify-wait / socket-build timeouts
-    r"|\bheartbeat\b.*\btimed? ?out|\bnode\b.*\bis timed? ?out", re.I)
+_TRACEBACK = "Traceback (most recent call last):"
 _BENIGN = re.compile(r"Topology build timed out, retry", re.I)  # normal dynamic-cluster start-up noise
+_KINDS = {"oom": "OOM", "disk_full": "DISK_FULL", "comm_timeout": "COMM_TIMEOUT"}
 
 
 def tail_lines(path: str | None, n: int = 40, max_bytes: int = 65536) -> list[str]:
@@ -70,7 +74,7 @@ def tail_lines(path: str | None, n: int = 40, max_bytes: int = 65536) -> list[st
 
 
 def final_exception(lines: list[str]) -> str | None:
-    """The last line that reads like a Python exception ("ImportError: ..."), if any."""
+    """The last line that reads like a Python exception ("ImportError: ..."), if any (shown, not classed)."""
     for line in reversed(lines):
         if _EXC_LINE.match(line.strip()) or line.startswith("error: "):  # the mftasks CLI's one-line errors
             return line.strip()
@@ -84,19 +88,33 @@ def exception_name(line: str | None) -> str | None:
     return m.group(1) if m else None
 
 
-def classify(returncode: int, lines: list[str]) -> FailureClass:
-    """Failure class of a process that exited by itself with `returncode` (Popen convention: -N = signal N)."""
+def record_exception(record: dict[str, Any]) -> str:
+    """"ValueError: message" from a record (the short class name, as Python prints it)."""
+    name = record["exception_type"].rsplit(".", 1)[-1]
+    return f"{name}: {record['message']}" if record["message"] else name
+
+
+def classify(returncode: int, lines: list[str], record: dict[str, Any] | None = None) -> FailureClass:
+    """Failure class of a process that exited by itself with `returncode` (Popen convention: -N = signal N),
+    from its error record when it wrote one (`record.read_record`), else from its exit and log."""
     text = [ln for ln in lines if not _BENIGN.search(ln)]
     oom = any(_OOM.search(ln) for ln in text)
     if returncode < 0:
         return FailureClass.OOM if oom and returncode == -9 else FailureClass.KILLED
-    exc = exception_name(final_exception(text))
-    if returncode == USAGE_EXIT_CODE or exc in USER_EXCEPTIONS:
+    if record is not None:
+        if not record["retryable"]:
+            return FailureClass.USER_ERROR
+        return FailureClass[_KINDS.get(record.get("kind"), "CRASH")]
+    if returncode == USAGE_EXIT_CODE:
         return FailureClass.USER_ERROR
-    if exc == "MemoryError" or oom:
+    if oom:
         return FailureClass.OOM
+    if any(_DISK_FULL.search(ln) for ln in text):
+        return FailureClass.DISK_FULL
     if any(_COMM_TIMEOUT.search(ln) for ln in text):
         return FailureClass.COMM_TIMEOUT
+    if returncode == UNCAUGHT_EXIT_CODE and (_TRACEBACK in text or final_exception(text)):
+        return FailureClass.USER_ERROR
     return FailureClass.CRASH
 
 
@@ -112,7 +130,7 @@ class RankFailure:
     message: str = ""
     """One line: what happened, e.g. "exited with code 1" or "no heartbeat progress for 2.0 s"."""
     exception: str | None = None
-    """The last Python exception line of the log, if any."""
+    """The rank's exception: "Type: message" from its error record, else the last exception line of its log."""
     error_lines: tuple[str, ...] = ()
     """The last lines of the log."""
     log_path: str | None = None
@@ -121,6 +139,8 @@ class RankFailure:
     ranks: tuple[int, ...] = ()
     """Ranks involved: the stalled ones for a hang, the running ones at a timeout, else (rank,)."""
     role: str = "worker"
+    record_path: str | None = None
+    """The rank's error record (MFTASKS_ERROR_FILE) when it wrote one; `exception` then comes from it."""
 
     @property
     def retryable(self) -> bool:
@@ -140,7 +160,8 @@ class RankFailure:
         retry = "retryable" if self.retryable else "not retryable"
         text = f"{self.who} {self.message} after {self.elapsed:.2f} s [{self.failure_class.value}, {retry}]"
         if self.exception:
-            text += f": {self.exception}"
+            first, *more = self.exception.splitlines() or [""]
+            text += f": {first}" + (f" (+{len(more)} more lines)" if more else "")
         return text
 
 
@@ -221,6 +242,9 @@ class LaunchResult:
         else:
             rc = self.root_cause
             lines.append(f"root cause: {rc.describe()}")
+            if rc.record_path and rc.exception:
+                lines.append(f"error record {rc.record_path}:")
+                lines.extend("  | " + ln for ln in rc.exception.splitlines())
             if rc.log_path and rc.error_lines:
                 lines.append(f"last lines of {rc.log_path}:")
                 lines.extend("  | " + ln for ln in rc.error_lines[-error_lines:])

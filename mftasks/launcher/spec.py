@@ -33,7 +33,7 @@ MODES = ("dynamic-cluster", "rank-table", "standalone")
 
 # Variables the launcher sets per rank; `spec.env` may not override them.
 OWNED_ENV = ("MS_ROLE", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_WORKER_NUM", "MS_NODE_ID", "RANK_ID",
-             "RANK_SIZE", "LOCAL_RANK", "DEVICE_ID", "RANK_TABLE_FILE")
+             "RANK_SIZE", "LOCAL_RANK", "DEVICE_ID", "RANK_TABLE_FILE", "MFTASKS_ERROR_FILE")
 
 _RANGE = re.compile(r"^\s*\[?\s*(\d+)\s*,\s*(\d+)\s*[\])]?\s*$")
 
@@ -238,6 +238,13 @@ class LaunchSpec:
 
     def scheduler_log(self) -> str:
         return os.path.join(self.attempt_dir, "scheduler.log")
+
+    def error_file(self, rank: int | None) -> str:
+        """The error record a rank writes (record.py, MFTASKS_ERROR_FILE), beside its log; rank None: the
+        scheduler's."""
+        if rank is None:
+            return os.path.join(self.attempt_dir, "scheduler_error.json")
+        return os.path.join(self.attempt_dir, f"rank_{rank}", "error.json")
 
     def heartbeat_path(self, rank: int) -> str | None:
         if self.heartbeat_dir is None:

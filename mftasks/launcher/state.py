@@ -32,6 +32,8 @@ class RankState:
     env: dict[str, str]
     log_path: str
     heartbeat_path: str | None = None
+    error_path: str | None = None
+    """MFTASKS_ERROR_FILE: where the process writes its error record (record.py) if it fails."""
     proc: subprocess.Popen | None = None
     phase: Phase = Phase.RUNNING
     started_mono: float = 0.0
