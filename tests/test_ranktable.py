@@ -319,9 +319,140 @@ def test_cli_errors(tmp_path, capsys):
     with pytest.raises(ConfigError, match="--device-range"):
         run_cli("generate", "--device-range", "0-8", "--server-ip", "10.0.0.1", "--output", str(tmp_path / "x"))
     out = tmp_path / "hccl.json"
-    out.write_text("{}")
-    with pytest.raises(OutputExistsError):
+    write(load(HCCL_2S), out)
+    with pytest.raises(OutputExistsError, match="holds a different rank table; pass --force"):
         run_cli("generate", "--server-ip", "10.0.0.1", "--device-ips", ",".join(ips(6, 8)), "--output", str(out))
     assert run_cli("generate", "--server-ip", "10.0.0.1", "--device-ips", ",".join(ips(6, 8)),
                    "--output", str(out), "--force") == 0
+    assert out.read_bytes() == HCCL_8P.read_bytes()
     assert run_cli() == 2 and "generate" in capsys.readouterr().out
+
+
+# --- issue 11: messages instead of tracebacks, unknown keys, --force never destroys ------------------
+
+def test_deeply_nested_json_is_a_message_naming_the_file(tmp_path, capsys):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)  # json.loads: RecursionError
+    assert run_cli("validate", str(deep)) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        f"{deep}: 1 problem",
+        "  - nests lists or objects too deeply to be read (a rank table is four levels deep); is this really "
+        "a rank table? Generate it again"]
+    with pytest.raises(RankTableError, match=rf"^rank table {deep}: nests lists or objects too deeply"):
+        run_cli("show", str(deep))
+    # nested just below the parser's limit: no recursion in the messages either
+    data = raw()
+    data["server_list"][0]["device"][0]["device_ip"] = json.loads("[" * 900 + "]" * 900)
+    assert validate(data) == ["server_list[0].device[0].device_ip: a JSON list is not a JSON string holding an "
+                              "IP address"]
+
+
+def test_binary_hccn_conf_is_a_message_naming_the_file(tmp_path):
+    conf = tmp_path / "hccn.bin"
+    conf.write_bytes(b"\x7fELF\x02\x01\x01\x00\x00\xff\xfe" * 50)
+    with pytest.raises(ConfigError) as e:
+        run_cli("generate", "--device-range", "[0,2)", "--server-ip", "10.0.0.1", "--hccn-conf", str(conf),
+                "--output", str(tmp_path / "out.json"))
+    assert str(e.value) == (
+        f"invalid configuration in {conf}: not a text file (byte 7 is b'\\x00'), so not an hccn.conf, which "
+        "holds address_<device id>=<ip> lines; pass the device IPs explicitly (--device-ips) or point "
+        "--hccn-conf at the host's hccn.conf")
+    conf.write_bytes(b"address_0=192.1.27.6\n\xff\xfe\n")  # not UTF-8, no NUL
+    with pytest.raises(ConfigError, match=r"not a text file \(byte 21 is b'\\xff'\)"):
+        read_hccn_conf(conf)
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_unknown_keys_are_listed_all_at_once():
+    data = raw()
+    dev(data, 0, 1)["devcie_ip"] = dev(data, 0, 1).pop("device_ip")
+    data["server_list"][1]["hostip"] = "10.0.0.2"
+    data["server_list"][1]["device"][0]["comment"] = {"why": "x"}
+    data["sever_count"] = "2"
+    problems = validate(data)
+    known_dev = ("backup_device_ip, backup_device_port, device_id, device_ip, device_logical_id, device_port, "
+                 "host_port, rank_id, super_device_id")
+    assert problems == [
+        'server_list[0].device[1].device_ip: missing; add "device_ip": "<IPv4 address>"',
+        f'server_list[0].device[1].devcie_ip: unknown key; did you mean "device_ip"? known keys here: {known_dev} '
+        "(HCCL ignores any other key: fix the spelling or remove it)",
+        'server_list[1].hostip: unknown key; did you mean "host_ip"? known keys here: container_ip, device, '
+        "hardware_type, host_ip, host_nic_ip, pod_ip, server_id, server_ip (HCCL ignores any other key: fix the "
+        "spelling or remove it)",
+        f"server_list[1].device[0].comment: unknown key; known keys here: {known_dev} (HCCL ignores any other "
+        "key: fix the spelling or remove it)",
+        'sever_count: unknown key; did you mean "server_count"? known keys here: server_count, server_list, '
+        "status, super_pod_list, version (HCCL ignores any other key: fix the spelling or remove it)"]
+    with pytest.raises(RankTableError, match="has 5 problems"):
+        RankTable.from_json(data, where="t.json")
+
+
+def test_documented_keys_still_validate():
+    """HCCL's documented 1.2 example (ports, backup IPs, host_ip) and MindCluster's hccl.json keys."""
+    data = raw()
+    data["version"] = "1.2"
+    for s in data["server_list"]:
+        s.update(host_ip=s["server_id"], server_ip=s["server_id"], container_ip="172.16.0.9",
+                 hardware_type="800I-A2-32G")
+        for d in s["device"]:
+            r = int(d["rank_id"])
+            d.update(super_device_id=str(r), device_port="16666", backup_device_ip=f"192.168.9.{r}",
+                     backup_device_port="16667", host_port="16665", device_logical_id=d["device_id"])
+    data["super_pod_list"] = [{"super_pod_id": "0", "server_list": [{"server_id": "10.0.0.1"}]}]
+    assert validate(data) == []
+    assert json.loads(RankTable.from_json(data).to_text()) == data  # kept as read
+    dev(data, 0, 0)["device_port"] = 16666
+    dev(data, 0, 1)["backup_device_ip"] = "192.168.9"
+    data["super_pod_list"][0]["server_list"][0]["sid"] = "x"
+    assert validate(data) == [
+        'server_list[0].device[0].device_port: must be a JSON string ("16666"), not the number 16666; HCCL reads '
+        "every value of a rank table as a string",
+        "server_list[0].device[1].backup_device_ip: '192.168.9' is not a valid IPv4 address (like 192.168.1.8)",
+        'super_pod_list[0].server_list[0].sid: unknown key; known keys here: server_id (HCCL ignores any other '
+        "key: fix the spelling or remove it)"]
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"my notes\n", "is not a rank table (not valid JSON: Expecting value at line 1 column 1)"),
+    (b"{}", "is not a valid rank table (version: missing; add \"version\": \"1.0\" and 3 more)"),
+    (b"\x00\xff binary", "is not a rank table (is not UTF-8 text"),
+    (b'{"version": "1.0", "server_count": "0", "server_list": [], "status": "completed"}',
+     "is not a valid rank table (server_list: empty; a rank table needs at least one server)"),
+], ids=["text", "empty-object", "binary", "invalid-table"])
+def test_force_never_replaces_a_file_that_is_not_a_rank_table(tmp_path, content, says):
+    out = tmp_path / "out.json"
+    out.write_bytes(content)
+    for force in ([], ["--force"]):
+        with pytest.raises(OutputExistsError) as e:
+            run_cli("generate", "--server-ip", "10.0.0.1", "--device-ips", ",".join(ips(6, 8)),
+                    "--output", str(out), *force)
+        assert str(e.value).startswith(f"--output {out} already exists and {says}")
+        assert str(e.value).endswith("mftasks replaces only a rank table (--force included): move that file "
+                                     "away or choose another output file")
+        with pytest.raises(OutputExistsError, match="mftasks replaces only a rank table"):
+            run_cli("merge", str(HCCL_8P), "--output", str(out), *force)
+        with pytest.raises(OutputExistsError, match="mftasks replaces only a rank table"):
+            write(load(HCCL_8P), out, force=True)
+        assert out.read_bytes() == content
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_output_that_is_an_input_is_refused_whatever_the_flags(tmp_path):
+    conf = tmp_path / "hccn.conf"
+    conf_text = "".join(f"address_{d}={ip}\n" for d, ip in enumerate(ips(6, 8)))
+    conf.write_text(conf_text)
+    for out in (conf, tmp_path / "." / "hccn.conf"):
+        with pytest.raises(OutputExistsError) as e:
+            run_cli("generate", "--server-ip", "10.0.0.1", "--hccn-conf", str(conf), "--output", str(out), "--force")
+        assert str(e.value) == (f"--output {out} is the input {conf}; mftasks never writes over its input "
+                                "(--force included): choose another output file")
+    assert conf.read_text() == conf_text
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    write(load(HCCL_8P), a)
+    b.write_text(HCCL_8P.read_text().replace("10.0.0.1", "10.0.0.2").replace(".6\"", ".7\""))
+    (tmp_path / "link.json").hardlink_to(b)
+    for out in (a, b, tmp_path / "link.json"):
+        with pytest.raises(OutputExistsError, match=r"is the input .*; mftasks never writes over its input"):
+            run_cli("merge", str(a), str(b), "--output", str(out), "--force")
+    assert a.read_bytes() == HCCL_8P.read_bytes()
+    assert run_cli("merge", str(a), str(b), "--output", str(tmp_path / "m.json")) == 0

@@ -14,8 +14,14 @@ Version "1.2" tables (Atlas A3 SuperPoD) are read, validated and written too.  W
 them is what Ascend's documentation shows: a device may carry `super_device_id` (a decimal string),
 and a top-level `super_pod_list` of `{"super_pod_id": ..., "server_list": [{"server_id": ...}]}`
 whose server ids must name servers of `server_list`, each at most once.  Neither is required (not
-confirmed either way); other keys (`host_ip`, `device_port`, ...) are kept as read and only checked
-to be strings.
+confirmed either way); the other documented keys (`host_ip`, `device_port`, `backup_device_ip`, ...,
+listed in `validation.KNOWN_*_KEYS`) are kept as read and checked to be strings; any other key is
+reported as a problem, since HCCL ignores it without a word (a misspelt `devcie_ip`).
+
+Writing (`write`, `generate --output`, `merge --output`) never destroys what mftasks did not make: an
+output that is one of the command's inputs (a table being merged, the --hccn-conf) is refused, and an
+existing output file is replaced, with --force, only when it is itself a valid rank table; anything
+else there (not JSON, not a rank table, a folder, a device) is refused whatever the flags.
 
 Choices: device ids are 0..15 (an Ascend server has at most 16 devices, an A3 server 8 NPUs of
 2 dies); device IPs may be IPv4 or IPv6 (HCCL accepts both) and must be unique across the table;

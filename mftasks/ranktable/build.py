@@ -17,7 +17,7 @@ from mftasks.files import atomic_write_bytes
 from .table import Device, RankTable, RankTableError, Server, SuperPod
 from .validation import MAX_DEVICES_PER_SERVER, _compact, _ip_problem, validate
 
-__all__ = ["DEFAULT_HCCN_CONF", "ServerSpec", "generate", "generate_cluster", "load", "merge",
+__all__ = ["DEFAULT_HCCN_CONF", "ServerSpec", "check_output", "generate", "generate_cluster", "load", "merge",
            "parse_device_range", "read_hccn_conf", "write"]
 
 DEFAULT_HCCN_CONF = "/etc/hccn.conf"
@@ -57,11 +57,20 @@ def parse_device_range(text: str, where: str = "device range") -> list[int]:
 def read_hccn_conf(path: str | Path = DEFAULT_HCCN_CONF) -> dict[int, str]:
     """Device id -> device IP from the `address_<id>=<ip>` lines of an hccn.conf (others ignored)."""
     path = Path(path)
+    fix = "pass the device IPs explicitly (--device-ips) or point --hccn-conf at the host's hccn.conf"
     try:
-        text = path.read_text(encoding="utf-8")
+        if not path.is_dir() and path.exists() and not path.is_file():
+            raise ConfigError(f"not a regular file; {fix}", where=str(path))
+        data = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"cannot read {path} ({exc.strerror}); pass the device IPs explicitly "
-                          f"(--device-ips) or point --hccn-conf at the host's hccn.conf", where=str(path)) from None
+        raise ConfigError(f"cannot be read ({exc.strerror}); {fix}", where=str(path)) from None
+    try:
+        if b"\0" in data:
+            raise UnicodeDecodeError("utf-8", data, data.index(b"\0"), data.index(b"\0") + 1, "NUL byte")
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not a text file (byte {exc.start} is {data[exc.start:exc.start + 1]!r}), so not an "
+                          f"hccn.conf, which holds address_<device id>=<ip> lines; {fix}", where=str(path)) from None
     ips: dict[int, str] = {}
     problems = []
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -228,6 +237,9 @@ def _read_json(path: str | Path) -> Any:
     except json.JSONDecodeError as exc:
         raise RankTableError(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}; "
                              f"fix the file or generate it again", str(path)) from None
+    except RecursionError:
+        raise RankTableError("nests lists or objects too deeply to be read (a rank table is four levels deep); "
+                             "is this really a rank table? Generate it again", str(path)) from None
 
 
 def load(path: str | Path) -> RankTable:
@@ -235,32 +247,76 @@ def load(path: str | Path) -> RankTable:
     return RankTable.from_json(_read_json(path), where=str(path))
 
 
-def write(table: RankTable, path: str | Path, force: bool = False) -> bool:
+def write(table: RankTable, path: str | Path, force: bool = False, inputs: Sequence[str | Path | None] = (),
+          flag: str = "--output") -> bool:
     """Write the table atomically; True if written, False if the file already held this table.
 
-    A file holding a different table is left alone (OutputExistsError) unless force=True.
+    Never destroys what mftasks did not make, whatever `force` says: an output that is one of `inputs`
+    (the tables merged, the hccn.conf read) is refused, and so is an existing file that is not a valid rank
+    table (OutputExistsError). A valid rank table that differs is replaced only with force=True.
     Written with `atomic_write_bytes` rather than `atomic_write_json`: the latter sorts keys, and
     this file must match MindFormers' key order and 4-space indent byte for byte.
     """
     path = Path(path)
     text = table.to_text()
-    if path.is_dir():
-        raise OutputExistsError(f"{path} is a folder; give a file name for the rank table, e.g. {path}/hccl.json")
+    check_output(path, inputs, flag)
     if path.exists():
         old = path.read_bytes()
         if old == text.encode("utf-8"):
             return False
         if not force:
-            try:
-                same = json.loads(old) == table.to_json()
-            except (ValueError, UnicodeDecodeError):
-                same = False
+            same = json.loads(old) == table.to_json()
             detail = "the same table, formatted differently" if same else "a different rank table"
             raise OutputExistsError(f"{path} already exists and holds {detail}; pass --force (force=True) "
                                     f"to replace it, or choose another output file")
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, text.encode("utf-8"))
     return True
+
+
+def check_output(path: str | Path, inputs: Sequence[str | Path | None] = (), flag: str = "--output") -> None:
+    """OutputExistsError when `path` may not be written whatever the flags: it is one of `inputs`, a folder,
+    or an existing file that is not a valid rank table."""
+    path = Path(path)
+    for given in inputs:
+        if given is not None and _same_file(path, Path(given)):
+            raise OutputExistsError(f"{flag} {path} is the input {given}; mftasks never writes over its input "
+                                    f"(--force included): choose another output file")
+    if path.is_dir():
+        raise OutputExistsError(f"{flag} {path} is a folder; give a file name for the rank table, e.g. {path}/hccl.json")
+    if path.exists() or path.is_symlink():
+        not_a_table = _not_a_rank_table(path)
+        if not_a_table:
+            raise OutputExistsError(f"{flag} {path} already exists and {not_a_table}; mftasks replaces only a rank "
+                                    f"table (--force included): move that file away or choose another output file")
+
+
+_MAX_TABLE_BYTES = 64 << 20  # far above any real cluster's table (~300 bytes a device)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return a.samefile(b)
+    except OSError:
+        pass
+    return a.expanduser().resolve() == b.expanduser().resolve()
+
+
+def _not_a_rank_table(path: Path) -> str | None:
+    """None if the file at `path` is a valid rank table, else what it is instead (for a message)."""
+    if not path.is_file():
+        return "is not a regular file" if path.exists() else "is a link to nothing"
+    if path.stat().st_size > _MAX_TABLE_BYTES:
+        return f"is {path.stat().st_size} bytes, far too big to be a rank table"
+    try:
+        data = _read_json(path)
+    except RankTableError as exc:
+        return f"is not a rank table ({exc.problems[0].split(';')[0]})"
+    problems = validate(data)
+    if problems:
+        return f"is not a valid rank table ({problems[0]}{f' and {len(problems) - 1} more' if len(problems) > 1 else ''})"
+    return None
 
 
 def merge(tables: Sequence[RankTable]) -> RankTable:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .build import DEFAULT_HCCN_CONF, _read_json, generate, load, merge, parse_device_range, write
+from .build import DEFAULT_HCCN_CONF, _read_json, check_output, generate, load, merge, parse_device_range, write
 from .table import RankTable, RankTableError, show, world_size
 from .validation import validate
 
@@ -26,7 +26,8 @@ def add_commands(subparsers: Any) -> None:
                    help=f"read device IPs from its address_<id>= lines (default {DEFAULT_HCCN_CONF})")
     p.add_argument("--pod-ip", metavar="IP", help="add pod_ip (needed by MindSpore's dynamic-cluster scheduler)")
     p.add_argument("--output", required=True, metavar="FILE", help="rank table file to write")
-    p.add_argument("--force", action="store_true", help="replace an output file holding a different table")
+    p.add_argument("--force", action="store_true",
+                   help="replace an output file holding a different rank table (never anything else)")
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("validate", help="check rank table files; exit 1 if any has problems")
@@ -38,7 +39,8 @@ def add_commands(subparsers: Any) -> None:
     p = sub.add_parser("merge", help="merge per-host tables into one (like MindFormers' merge_hccl.py)")
     p.add_argument("files", nargs="+", metavar="FILE", help="tables in server order")
     p.add_argument("--output", required=True, metavar="FILE")
-    p.add_argument("--force", action="store_true", help="replace an output file holding a different table")
+    p.add_argument("--force", action="store_true",
+                   help="replace an output file holding a different rank table (never an input, never anything else)")
     p.set_defaults(func=_cmd_merge)
 
     p = sub.add_parser("show", help="print a table: rank, server, device, device ip")
@@ -58,8 +60,10 @@ def _report_write(path: str, table: RankTable, written: bool) -> None:
 def _cmd_generate(args: argparse.Namespace) -> int:
     ids = parse_device_range(args.device_range, where="--device-range")
     ips = [s.strip() for s in args.device_ips.split(",")] if args.device_ips else None
+    conf = None if ips else args.hccn_conf
+    check_output(args.output, [conf])  # before reading anything
     table = generate(args.server_ip, ids, device_ips=ips, hccn_conf=args.hccn_conf, pod_ip=args.pod_ip)
-    _report_write(args.output, table, write(table, args.output, force=args.force))
+    _report_write(args.output, table, write(table, args.output, force=args.force, inputs=[conf]))
     return 0
 
 
@@ -83,8 +87,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
+    check_output(args.output, args.files)  # before reading anything
     table = merge([load(f) for f in args.files])
-    _report_write(args.output, table, write(table, args.output, force=args.force))
+    _report_write(args.output, table, write(table, args.output, force=args.force, inputs=args.files))
     return 0
 
 

@@ -6,6 +6,7 @@ the known keys at each level, and what counts as a valid IP address.  The rules 
 """
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import re
@@ -16,19 +17,38 @@ MAX_DEVICES_PER_SERVER = 16
 VERSIONS = ("1.0", "1.2")
 _MAX_SERVER_ID_LEN = 63  # HCCL: "server_id: string, shorter than 64 characters"
 
+# Keys the dataclasses model (table.py); the other known keys are kept as read in `.extra`.
 _TOP_KEYS = {"version", "server_count", "server_list", "super_pod_list", "status"}
 _SERVER_KEYS = {"server_id", "device", "host_nic_ip", "pod_ip", "container_ip"}
 _DEVICE_KEYS = {"device_id", "device_ip", "rank_id", "super_device_id"}
+# Every key a rank table may hold: what MindFormers' hccl_tools.py / merge_hccl.py write, what HCCL's
+# rank table documentation lists (versions 1.0 and 1.2: host_ip, device_port, backup_device_ip,
+# backup_device_port, host_port), what MindSpore's dynamic cluster reads (pod_ip) and what MindCluster's
+# Ascend Operator writes in hccl.json (container_ip, server_ip, hardware_type, device_logical_id).
+# Any other key is reported: a misspelt key would otherwise be ignored by HCCL without a word.
+KNOWN_TOP_KEYS = _TOP_KEYS
+KNOWN_SERVER_KEYS = _SERVER_KEYS | {"host_ip", "server_ip", "hardware_type"}
+KNOWN_DEVICE_KEYS = _DEVICE_KEYS | {"device_port", "backup_device_ip", "backup_device_port", "host_port",
+                                    "device_logical_id"}
 
 _IPV4_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4 = re.compile(rf"{_IPV4_OCTET}(?:\.{_IPV4_OCTET}){{3}}")
 _DOTTED = re.compile(r"[0-9.]+")
 
 
+def _show(value: Any) -> str:
+    """A JSON value for a message: scalars as JSON, containers by kind (they may be huge or deep)."""
+    if isinstance(value, dict):
+        return "a JSON object"
+    if isinstance(value, list):
+        return "a JSON list"
+    return json.dumps(value)
+
+
 def _ip_problem(value: Any) -> str | None:
     """None if value is an IPv4 (or IPv6) address, else what is wrong with it."""
     if not isinstance(value, str):
-        return f"{json.dumps(value)} is not a JSON string holding an IP address"
+        return f"{_show(value)} is not a JSON string holding an IP address"
     if _IPV4.fullmatch(value):
         return None
     if ":" in value:
@@ -63,7 +83,7 @@ class _Checker:
         v = obj[key]
         if isinstance(v, str):
             return v
-        self.add(f"{path}{key}", f'must be a JSON string like "{example}", not {json.dumps(v)}')
+        self.add(f"{path}{key}", f'must be a JSON string like "{example}", not {_show(v)}')
         return None
 
     def number(self, obj: dict, key: str, path: str, example: str) -> int | None:
@@ -81,7 +101,7 @@ class _Checker:
             return v if v >= 0 else None
         if isinstance(v, str) and v.isascii() and v.isdigit():
             return int(v)
-        self.add(f"{path}{key}", f'{json.dumps(v)} is not a non-negative integer in a string, like "{example}"')
+        self.add(f"{path}{key}", f'{_show(v)} is not a non-negative integer in a string, like "{example}"')
         return None
 
     def ip(self, obj: dict, key: str, path: str, required: bool = True) -> str | None:
@@ -95,16 +115,23 @@ class _Checker:
             return None
         return obj[key]
 
-    def scalars_are_strings(self, obj: dict, known: set[str], path: str) -> None:
+    def known_keys(self, obj: dict, checked: set[str], known: set[str], path: str) -> None:
+        """Report every key not in `known`; a known key not in `checked` (checked elsewhere) must hold a string."""
         for k, v in obj.items():
-            if k not in known and not isinstance(v, (str, list, dict)):
-                self.add(f"{path}{k}", f"must be a JSON string, not {json.dumps(v)}")
+            if k not in known:
+                close = difflib.get_close_matches(k, sorted(known), n=1)
+                hint = f'did you mean "{close[0]}"? ' if close else ""
+                self.add(f"{path}{k}", f"unknown key; {hint}known keys here: {', '.join(sorted(known))} "
+                                       f"(HCCL ignores any other key: fix the spelling or remove it)")
+            elif k not in checked and not isinstance(v, str):
+                self.add(f"{path}{k}", f"must be a JSON string, not {_show(v)}")
 
 
 def validate(data: Any, *, for_dynamic_cluster: bool = False) -> list[str]:
     """Every problem of a raw (parsed JSON) rank table, each naming its JSON path; [] if it is fine.
 
-    Checks: shape; version "1.0"/"1.2"; status "completed"; every value a string; server_count ==
+    Checks: shape; no unknown keys (see KNOWN_*_KEYS); version "1.0"/"1.2"; status "completed"; every
+    value a string; server_count ==
     len(server_list); unique server ids; device ids 0..15, unique per server; device IPs valid and
     unique; rank ids exactly 0..N-1, once each; IPv4 server ids and pod/container IPs valid; the
     version 1.2 fields described in the package docstring.  `for_dynamic_cluster=True` adds what
@@ -141,7 +168,7 @@ def validate(data: Any, *, for_dynamic_cluster: bool = False) -> list[str]:
     if status is not None and status != "completed":
         c.add("status", f'{status!r}: HCCL only uses a table whose status is "completed"; '
                         f"finish the table and set it")
-    c.scalars_are_strings(data, _TOP_KEYS, "")
+    c.known_keys(data, _TOP_KEYS, KNOWN_TOP_KEYS, "")
     return c.problems
 
 
@@ -176,7 +203,7 @@ def _check_servers(c: _Checker, servers: list, server_ids: dict[str, str], dynam
             c.ip(server, "pod_ip", sp + ".", required=False)
         for key in ("container_ip", "host_ip", "server_ip"):
             c.ip(server, key, sp + ".", required=False)
-        c.scalars_are_strings(server, _SERVER_KEYS, sp + ".")
+        c.known_keys(server, _SERVER_KEYS | {"host_ip", "server_ip"}, KNOWN_SERVER_KEYS, sp + ".")
         devices = server.get("device")
         if not isinstance(devices, list) or not devices:
             what = "missing" if "device" not in server else (
@@ -215,9 +242,11 @@ def _check_servers(c: _Checker, servers: list, server_ids: dict[str, str], dynam
                     c.add(dp + ".rank_id", f"rank {rank} is also {ranks[rank]}; every rank id must appear once")
                 else:
                     ranks[rank] = dp + ".rank_id"
-            if "super_device_id" in dev:
-                c.number(dev, "super_device_id", dp + ".", "0")
-            c.scalars_are_strings(dev, _DEVICE_KEYS, dp + ".")
+            for key in ("super_device_id", "device_port", "backup_device_port", "host_port", "device_logical_id"):
+                if key in dev:
+                    c.number(dev, key, dp + ".", "0" if key.endswith("id") else "16666")
+            c.ip(dev, "backup_device_ip", dp + ".", required=False)
+            c.known_keys(dev, KNOWN_DEVICE_KEYS, KNOWN_DEVICE_KEYS, dp + ".")
     outside = sorted(r for r in ranks if r >= n_devices)
     for r in outside:
         c.add(ranks[r], f"rank {r} is out of range: with {n_devices} devices the rank ids must be "
@@ -240,18 +269,21 @@ def _check_super_pods(c: _Checker, pods: Any, server_ids: dict[str, str]) -> Non
             c.add(pp, f"must be an object with super_pod_id and server_list, not {type(pod).__name__}")
             continue
         c.string(pod, "super_pod_id", pp + ".", str(i))
+        c.known_keys(pod, {"super_pod_id", "server_list"}, {"super_pod_id", "server_list"}, pp + ".")
         members = pod.get("server_list")
         if not isinstance(members, list):
             c.add(pp + ".server_list", 'must be a list of {"server_id": ...} objects')
             continue
         for j, m in enumerate(members):
             mp = f"{pp}.server_list[{j}]"
-            sid = c.string(m, "server_id", mp + ".", "10.0.0.1") if isinstance(m, dict) else None
             if not isinstance(m, dict):
                 c.add(mp, 'must be an object {"server_id": ...}')
-            elif sid is None:
                 continue
-            elif sid not in server_ids:
+            c.known_keys(m, {"server_id"}, {"server_id"}, mp + ".")
+            sid = c.string(m, "server_id", mp + ".", "10.0.0.1")
+            if sid is None:
+                continue
+            if sid not in server_ids:
                 c.add(mp + ".server_id", f"{sid!r} is not a server of server_list")
             elif sid in placed:
                 c.add(mp + ".server_id", f"{sid!r} is also in {placed[sid]}; a server belongs to one SuperPoD")
