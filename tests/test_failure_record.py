@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from mftasks.errors import CheckpointError, ConfigError, DataError, DeviceError, DiskFullError, OutputExistsError
 from mftasks.launcher import FailureClass, LaunchSpec, launch
 from mftasks.launcher.record import ERROR_FILE_ENV, failure_record, read_record, record, verdict
 
@@ -46,7 +47,7 @@ def test_value_error_under_record_is_a_user_error_with_its_message(tmp_path):
     summary = result.summary()
     assert ("root cause: rank 1 exited with code 1 after" in summary
             and "[user_error, not retryable]: ValueError: bad learning rate -1 in rank 1's program" in summary)
-    assert f"error record {rc.record_path}:" in summary
+    assert f"\nerror record {rc.record_path}\n" in summary
     assert not (tmp_path / "log" / "rank_0" / "error.json").exists()  # the stopped rank wrote none
 
 
@@ -87,6 +88,7 @@ def test_record_wins_over_the_exit_status(tmp_path):
     rc = result.root_cause
     assert (rc.rank, rc.exitcode, rc.failure_class, result.retryable) == (0, 2, FailureClass.USER_ERROR, False)
     assert rc.describe().endswith("ConfigError: invalid configuration in run.yaml (2 problems): (+2 more lines)")
+    assert f"error record {rc.record_path} (the whole message):\n" in result.summary()
     assert "  |   - training.epochs=-1 must be >= 1" in result.summary()
 
 
@@ -168,6 +170,12 @@ def test_verdicts():
     assert verdict(OSError(errno.ENOSPC, "No space left on device")) == (True, "disk_full")
     assert verdict(OSError(errno.EACCES, "Permission denied")) == (False, "user")
     assert verdict(RuntimeError("HCCL allreduce timed out after 1836 s")) == (True, "comm_timeout")
+    assert verdict(RuntimeError("Out of Memory!!! Request memory size: 2048M")) == (True, "oom")
+    assert verdict(DiskFullError("not enough space to write checkpoint at /x: needs about 5.0 MB")) == \
+        (True, "disk_full")
+    for own in (ConfigError("bad", "run.yaml"), DataError("x"), CheckpointError("x"), OutputExistsError("x"),
+                DeviceError("x")):
+        assert verdict(own) == (False, "user"), own
     assert verdict(ConnectionResetError(), (ConnectionError,)) == (True, "marked")
     assert verdict(ValueError("try again"), (lambda e: "again" in str(e),)) == (True, "marked")
     assert verdict(ValueError("x"), (lambda e: 1 / 0,)) == (False, "user")  # a faulty predicate is ignored

@@ -149,6 +149,8 @@ def test_classify():
     assert classify(1, ["[WARNING] Topology build timed out, retry(1/50)", "RuntimeError: boom"]) \
         is FailureClass.USER_ERROR
     assert classify(1, ["rank 1 exiting with 1"]) is FailureClass.CRASH  # no traceback: not an exception
+    assert classify(1, ["/venv/bin/python: No module named mftasks.__main__; 'mftasks' is a package and cannot "
+                        "be directly executed"]) is FailureClass.USER_ERROR
     assert classify(139, []) is FailureClass.CRASH
     # with one: the rank's own verdict (a signal still wins: the record cannot tell that story)
     user = {"exception_type": "builtins.ValueError", "message": "x", "retryable": False, "kind": "user"}

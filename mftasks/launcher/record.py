@@ -32,9 +32,10 @@ Which failures are retried. The rule: **a plain exception in user code is a user
   attribute makes it a user error whatever the rest says;
 - or it is an instance of a class given in `record(retryable=(...))`, or a callable given there returns
   true for it (`record(retryable=(ConnectionError, lambda e: "try again" in str(e)))`);
-- or it is an infrastructure failure recognised here (`infrastructure_kind`): MemoryError ("oom"), an
-  OSError with errno ENOSPC / EDQUOT ("disk_full"), a collective-communication timeout such as HCCL's
-  ("comm_timeout").
+- or it is an infrastructure failure recognised here (`infrastructure_kind`): MemoryError or a device
+  allocator's "out of memory" ("oom"), an OSError with errno ENOSPC / EDQUOT, "No space left on device"
+  or mftasks' DiskFullError ("disk_full": space can be freed, and the next run removes its own stale
+  temporaries), a collective-communication timeout such as HCCL's ("comm_timeout").
 
 The launcher reads the record of a failed rank and classes the failure from it (`result.classify`);
 only without a record does it fall back to the exit status. This module uses the standard library only,
@@ -72,14 +73,18 @@ Retryable = type | Callable[[BaseException], bool]
 
 
 def infrastructure_kind(exc: BaseException) -> str | None:
-    """"oom", "disk_full" or "comm_timeout" for a failure of the machine rather than the program, else None."""
+    """"oom", "disk_full" or "comm_timeout" for a failure of the machine rather than the program, else None.
+
+    By type (MemoryError; OSError with errno ENOSPC / EDQUOT) or by what it says ("out of memory" from a
+    device allocator, "No space left on device", mftasks' DiskFullError, an HCCL / collective timeout)."""
     if isinstance(exc, MemoryError):
         return "oom"
     if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
         return "disk_full"
-    text = str(exc)
-    if COMM_TIMEOUT.search(text):
-        return "comm_timeout"
+    text = f"{type(exc).__name__}: {exc}"
+    for kind, pattern in (("disk_full", DISK_FULL), ("oom", OOM), ("comm_timeout", COMM_TIMEOUT)):
+        if pattern.search(text):
+            return kind
     return None
 
 

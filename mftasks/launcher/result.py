@@ -11,7 +11,8 @@ in its log. Without a record it is classed from how it ended (`classify`):
     killed by a signal                        -> killed (oom when the kernel's OOM killer left its mark)
     exit 2 (argparse / the mftasks CLI usage)  -> user_error
     out-of-memory / disk-full / collective-timeout text in the log -> oom / disk_full / comm_timeout
-    exit 1 after a Python traceback           -> user_error (an uncaught exception in the program)
+    exit 1 after a Python traceback           -> user_error (an uncaught exception in the program, or
+                                                 python could not find the program: "No module named x")
     any other non-zero exit                   -> crash
 """
 from __future__ import annotations
@@ -51,6 +52,8 @@ UNCAUGHT_EXIT_CODE = 1  # Python's exit status after an uncaught exception
 # "ValueError: x" or "mftasks.errors.ConfigError: x" or a bare "KeyboardInterrupt" at line start.
 _EXC_LINE = re.compile(r"^(?:[A-Za-z_][\w]*\.)*([A-Z]\w*(?:Error|Exception|Exit|Interrupt|Timeout))(?::\s|:?\s*$)")
 _TRACEBACK = "Traceback (most recent call last):"
+# The interpreter could not start the program ("python: No module named x", "can't open file"): fix the command.
+_NO_PROGRAM = re.compile(r"^\S*python[\w.]*: (?:can't open file|No module named|can't find '__main__' module)")
 _BENIGN = re.compile(r"Topology build timed out, retry", re.I)  # normal dynamic-cluster start-up noise
 _KINDS = {"oom": "OOM", "disk_full": "DISK_FULL", "comm_timeout": "COMM_TIMEOUT"}
 
@@ -113,7 +116,8 @@ def classify(returncode: int, lines: list[str], record: dict[str, Any] | None = 
         return FailureClass.DISK_FULL
     if any(_COMM_TIMEOUT.search(ln) for ln in text):
         return FailureClass.COMM_TIMEOUT
-    if returncode == UNCAUGHT_EXIT_CODE and (_TRACEBACK in text or final_exception(text)):
+    if returncode == UNCAUGHT_EXIT_CODE and (_TRACEBACK in text or final_exception(text)
+                                             or any(_NO_PROGRAM.match(ln) for ln in text)):
         return FailureClass.USER_ERROR
     return FailureClass.CRASH
 
@@ -242,9 +246,11 @@ class LaunchResult:
         else:
             rc = self.root_cause
             lines.append(f"root cause: {rc.describe()}")
-            if rc.record_path and rc.exception:
-                lines.append(f"error record {rc.record_path}:")
-                lines.extend("  | " + ln for ln in rc.exception.splitlines())
+            if rc.record_path:
+                more = (rc.exception or "").splitlines()[1:]
+                lines.append(f"error record {rc.record_path}" + (" (the whole message):" if more else ""))
+                if more:
+                    lines.extend("  | " + ln for ln in rc.exception.splitlines())
             if rc.log_path and rc.error_lines:
                 lines.append(f"last lines of {rc.log_path}:")
                 lines.extend("  | " + ln for ln in rc.error_lines[-error_lines:])

@@ -283,7 +283,8 @@ def check_output(path: str | Path, inputs: Sequence[str | Path | None] = (), fla
             raise OutputExistsError(f"{flag} {path} is the input {given}; mftasks never writes over its input "
                                     f"(--force included): choose another output file")
     if path.is_dir():
-        raise OutputExistsError(f"{flag} {path} is a folder; give a file name for the rank table, e.g. {path}/hccl.json")
+        raise OutputExistsError(f"{flag} {path} is a folder; give a file name for the rank table, "
+                                f"e.g. {path}/hccl.json")
     if path.exists() or path.is_symlink():
         not_a_table = _not_a_rank_table(path)
         if not_a_table:
@@ -315,7 +316,8 @@ def _not_a_rank_table(path: Path) -> str | None:
         return f"is not a rank table ({exc.problems[0].split(';')[0]})"
     problems = validate(data)
     if problems:
-        return f"is not a valid rank table ({problems[0]}{f' and {len(problems) - 1} more' if len(problems) > 1 else ''})"
+        more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+        return f"is not a valid rank table ({problems[0]}{more})"
     return None
 
 
