@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +24,8 @@ from . import checkpoint as ckpt
 from . import data as datasets
 from . import weights
 from .context import ParallelConfig, check_parallel_supported
-from .errors import CheckpointError, ConfigError, DataError, DeviceError
-from .files import copy_durable, sha256_file
+from .errors import CheckpointError, ConfigError, DataError, DeviceError, DiskFullError
+from .files import copy_durable, disk_full_as_error, overlap_problems, remove_stale_temporaries, sha256_file
 from .training_args import TrainingArguments
 
 TASKS = ("text_generation",)
@@ -83,6 +84,9 @@ class Trainer:
                     datasets.read_manifest(value)
                 except DataError as exc:
                     problems.append(f"{name}: {exc}")
+        if self.args is not None:
+            problems.extend(_output_dir_problems(self.args.output_dir, [v for v in (train_dataset, eval_dataset)
+                                                                        if isinstance(v, (str, Path))]))
         ConfigError.raise_if(problems, where="Trainer")
         self.task = task
         self.model = model
@@ -187,18 +191,24 @@ class Trainer:
 
         from .data.loader import batches_per_epoch
         from .optim import build_optimizer, lr_schedule, train_step_cells
-        from .progress import StepReporter, setup_logging
+        from .progress import StepReporter, log_dir, setup_logging
 
         args = self.args
         rank, world = _world()
         dataset = self._require_dataset("train_dataset", stage)
         manifest = datasets.read_manifest(dataset)
+        _check_dataset_files(dataset, manifest)
         cfg = self._model_config(manifest, f"train_dataset {dataset}")
         if start is not None:
             weights.check_same_shape(start, cfg)
         resume = args.resume_training if resume_training is None else resume_training
         resume_from = self._resume_point(stage, rank, resume, world)
-        self._check_output(stage, rank, resume_from)
+        # Refused before anything is written: weights trained on other token ids than this dataset's.
+        for info, what in ((start, "the checkpoint it starts from"), (resume_from, "the checkpoint it resumes")):
+            if info is not None:
+                self._check_tokenizer(info, manifest, dataset, stage, what)
+        self._check_start_not_deletable(stage, rank, start)
+        old_run = self._check_output(stage, rank, resume_from)
         k = args.gradient_accumulation_steps
         per_epoch = batches_per_epoch(manifest["splits"]["train"]["samples"], args.batch_size, world) // k
         if per_epoch < 1:
@@ -207,8 +217,25 @@ class Trainer:
                               f"{k} accumulation step(s); lower batch_size or add data", where="Trainer")
         total = args.max_steps if args.max_steps > 0 else per_epoch * args.num_train_epochs
         args.check_warmup(total)
+        first = resume_from.global_step if resume_from is not None else 0
+        planned = [ckpt.file_name(PREFIX[stage], rank, *(x + 1 for x in divmod(step - 1, per_epoch)))
+                   for step in range(first + 1, total + 1) if step % args.save_steps == 0 or step == total]
+        foreign = _foreign_files(ckpt.rank_dir(args.output_dir, rank), planned)
+        if resume_from is None:
+            ConfigError.raise_if(foreign, where="Trainer")
 
-        log = setup_logging(args.output_dir, rank)
+        # --- checked: from here on the run writes (the old run's checkpoints go with overwrite_output_dir)
+        for info in old_run:
+            _remove_own_checkpoint(info)
+        remove_stale_temporaries(ckpt.rank_dir(args.output_dir, rank))  # left by earlier killed attempts
+        with disk_full_as_error(Path(args.output_dir) / "log", "the run's log"):
+            log = setup_logging(args.output_dir, rank)
+        for problem in foreign:  # resuming: what a killed attempt of this run left (its manifest never written)
+            log.warning("resuming over a file no manifest vouches for (left by a killed attempt): %s",
+                        problem.split(" is not ", 1)[0])
+        if args.max_steps == -1:  # MindFormers' and transformers' meaning: -1 = train num_train_epochs epochs
+            log.info("max_steps is -1: training num_train_epochs=%d epoch(s) of %d steps = %d steps; set max_steps "
+                     "to train a fixed number of steps", args.num_train_epochs, per_epoch, total)
         lineage = self._lineage(manifest, dataset, start)
         ms.set_seed(args.seed)
         net = self._build_network(cfg, start)
@@ -229,7 +256,9 @@ class Trainer:
                  f", resuming at step {first} from {resume_from.path.name}" if resume_from else "")
 
         tokens_per_step = args.batch_size * k * world * cfg.seq_length
-        reporter = StepReporter(args.output_dir, rank, total, tokens_per_step, args.logging_steps, stage, log)
+        logs = log_dir(args.output_dir, rank)
+        with disk_full_as_error(logs, "the step log (metrics.jsonl, heartbeat.json)"):
+            reporter = StepReporter(args.output_dir, rank, total, tokens_per_step, args.logging_steps, stage, log)
         # A run resumed at its last step trains nothing: it reports the checkpoint it resumed from.
         started, loss_value, last = time.perf_counter(), float("nan"), resume_from
         data_seed = args.data_seed if args.data_seed is not None else args.seed
@@ -251,14 +280,24 @@ class Trainer:
                     if logged:
                         loss_value = float(loss.asnumpy())
                         _check_finite(loss_value, step)
-                    reporter.step(step, loss_value if logged else None, float(lrs[min(step - 1, len(lrs) - 1)]))
+                    with disk_full_as_error(logs, "the step log (metrics.jsonl, heartbeat.json)"):
+                        reporter.step(step, loss_value if logged else None,
+                                      float(lrs[min(step - 1, len(lrs) - 1)]))
                     if step % args.save_steps == 0 or step == total:
-                        last = self._save(step_cell, net, stage, rank, world, step, per_epoch, cfg, lineage,
-                                          loss_value, start)
+                        with disk_full_as_error(ckpt.rank_dir(args.output_dir, rank), f"the step {step} checkpoint"):
+                            last = self._save(step_cell, net, stage, rank, world, step, per_epoch, cfg, lineage,
+                                              loss_value, start)
                     if do_eval and self._eval_due(step, in_epoch == per_epoch, per_epoch):
                         self._eval_during_training(net, lineage, log)
+        except DiskFullError:
+            # the heartbeat's temporary (written beside heartbeat.json) must not outlive a failed write
+            (logs / f".heartbeat.tmp-{os.getpid()}").unlink(missing_ok=True)
+            raise
         finally:
-            reporter.close()
+            try:
+                reporter.close()
+            except OSError:  # the buffered metrics line could not be written: the run already failed
+                pass
         seconds = time.perf_counter() - started
         done = total - first
         log.info("%s finished: %d steps in %.1fs, final loss %.4f, checkpoint %s", stage, done, seconds,
@@ -294,7 +333,7 @@ class Trainer:
     def _restore(self, step_cell, info: ckpt.CheckpointInfo, log) -> int:
         import mindspore as ms
 
-        params = ms.load_checkpoint(str(info.path))
+        params = weights.read_params(info.path)
         # The LR schedule is rebuilt from this run's arguments (a resumed run may train longer); its
         # position is global_step, which is restored.
         params.pop("learning_rate", None)
@@ -335,9 +374,11 @@ class Trainer:
                                   "from; start without resume_training")
         return info
 
-    def _check_output(self, stage, rank, resume_from) -> None:
+    def _check_output(self, stage, rank, resume_from) -> list[ckpt.CheckpointInfo]:
+        """The old run's checkpoints that overwrite_output_dir will remove (removed later, once every check
+        passed); ConfigError when there are some and overwrite_output_dir is off."""
         if resume_from is not None:
-            return
+            return []
         existing = [i for i in ckpt.listing(ckpt.rank_dir(self.args.output_dir, rank))
                     if i.manifest.get("prefix") == PREFIX[stage]]
         if existing and not self.args.overwrite_output_dir:
@@ -345,9 +386,30 @@ class Trainer:
                 f"{ckpt.rank_dir(self.args.output_dir, rank)} already holds {len(existing)} {stage} checkpoint(s) "
                 f"(newest {existing[-1].path.name}); pass resume_training=True to continue that run, "
                 "overwrite_output_dir=True to start over, or choose another output_dir", where="Trainer")
-        for info in existing:  # overwrite_output_dir: the old run's checkpoints go
-            info.manifest_path.unlink(missing_ok=True)
-            info.path.unlink(missing_ok=True)
+        return existing
+
+    def _check_start_not_deletable(self, stage, rank, start) -> None:
+        """The checkpoint a run starts from must not be among the files it may delete: its own stage's
+        checkpoints in its rank folder (overwrite_output_dir removes them, save_total_limit prunes them).
+        A checkpoint elsewhere under output_dir (e.g. train's, for a finetune) is never touched."""
+        if start is None:
+            return
+        own = ckpt.rank_dir(self.args.output_dir, rank).resolve()
+        if start.path.resolve().parent == own and start.manifest.get("prefix") == PREFIX[stage]:
+            raise ConfigError(f"output_dir {self.args.output_dir} holds the checkpoint this {stage} run starts from "
+                              f"({start.path}) among the {stage} checkpoints that overwrite_output_dir and "
+                              "save_total_limit delete; continue that run with resume_training=True, or write to "
+                              "another output_dir", where="Trainer")
+
+    def _check_tokenizer(self, info, manifest, dataset, stage, what) -> None:
+        problem = weights.tokenizer_problem(info, manifest, dataset, "train_dataset")
+        if problem:
+            raise DataError(f"{stage} refused before step 1: train_dataset does not fit {what}:\n  - {problem}")
+        if not info.manifest.get("tokenizer"):
+            logging.getLogger("mftasks").warning(
+                "checkpoint %s records no tokenizer (%s): cannot check that train_dataset %s was tokenized with "
+                "the tokenizer its weights were trained with; the new checkpoints record the dataset's",
+                info.path, weights._origin(info), dataset)
 
     def _eval_due(self, step, epoch_end, per_epoch) -> bool:
         a = self.args
@@ -394,22 +456,28 @@ class Trainer:
 
     def _inference_model(self, checkpoint, dataset: str | None):
         """(network with weights loaded, checkpoint info or None, tokenizer) for evaluate/predict."""
-        import mindspore as ms
-
         from .data import tokenizer as tok
         from .model import GPT2LMHeadModel, LoraConfig, apply_lora
         from .progress import setup_logging
 
-        setup_logging(self.args.output_dir, _world()[0])
+        with disk_full_as_error(Path(self.args.output_dir) / "log", "the run's log"):
+            setup_logging(self.args.output_dir, _world()[0])
         if checkpoint is False:
             if dataset is None:
                 raise ConfigError("predict needs a checkpoint (its manifest names the tokenizer)", where="Trainer")
+            import mindspore as ms
+
             manifest = datasets.read_manifest(dataset)
             cfg = self._model_config(manifest, f"eval_dataset {dataset}")
             ms.set_seed(self.args.seed)
             net = self.model if _is_instance(self.model) else GPT2LMHeadModel(cfg)
             return net, None, tok.load(Path(dataset) / manifest["tokenizer"]["file"])
         info = self._named_or_newest(checkpoint, "checkpoint", kind=None)
+        purpose = "evaluate" if dataset is not None else "predict"
+        needed = {"kind": "full or lora_adapter", "model_config": "the model's shape"}
+        if dataset is None:
+            needed["tokenizer"] = "the tokenizer its weights were trained with, to encode the prompts"
+        weights.require(info, needed, purpose)
         cfg = weights.config_of(info)
         self._check_model_matches(cfg, info)
         net = GPT2LMHeadModel(cfg)
@@ -417,9 +485,14 @@ class Trainer:
             base = weights.base_of(info)
             weights.load_weights(net, weights.full_weights(base), base.path)
             apply_lora(net, LoraConfig(**info.manifest["lora_config"]))
-            weights.load_weights(net, ms.load_checkpoint(str(info.path)), info.path, lora_only=True)
+            weights.load_weights(net, weights.read_params(info.path), info.path, lora_only=True)
         else:
             weights.load_weights(net, weights.full_weights(info), info.path)
+        if not info.manifest.get("tokenizer"):  # evaluate: the dataset's token ids are used as they are
+            logging.getLogger("mftasks").warning(
+                "checkpoint %s records no tokenizer (%s): cannot check that eval_dataset %s was tokenized with "
+                "the tokenizer its weights were trained with", info.path, weights._origin(info), dataset)
+            return net, info, None
         tokenizer = Path(info.manifest["tokenizer"]["path"])
         if not tokenizer.is_file() or sha256_file(tokenizer) != info.manifest["tokenizer"]["sha256"]:
             raise CheckpointError(f"{info.path}: its tokenizer {tokenizer} is missing or changed (sha256 differs "
@@ -520,6 +593,59 @@ def _training_args(args) -> TrainingArguments:
 
         return load_run_config(args).training
     raise ConfigError(f"args={type(args).__name__} must be TrainingArguments, a dict or a YAML path", where="Trainer")
+
+
+def _output_dir_problems(output_dir, dataset_paths) -> list[str]:
+    """output_dir must be a folder (or not exist yet, under a folder) and hold no dataset, nor lie in one."""
+    out = Path(output_dir).expanduser()
+    probe = out
+    while not probe.exists() and not probe.is_symlink() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        where = "is a file" if probe == out else f"lies under {probe}, which is a file"
+        return [f"output_dir={output_dir}: {where}, not a folder; set output_dir (--output_dir or the run "
+                "config's output_dir) to a new or existing folder"]
+    if probe.is_symlink() and not probe.exists():
+        return [f"output_dir={output_dir}: {probe} is a dangling symbolic link; choose another folder"]
+    return overlap_problems(output_dir, dataset_paths, flag="output_dir")
+
+
+def _check_dataset_files(folder, manifest: dict) -> None:
+    """DataError when the dataset's files (its tokenizer included) are missing or changed, before training."""
+    problems = datasets.verify(folder, manifest, hashes=False)
+    tok = Path(folder) / manifest["tokenizer"]["file"]
+    if not problems and sha256_file(tok) != manifest["tokenizer"]["sha256"]:
+        problems.append(f"{tok}: sha256 does not match the manifest (corrupted or changed)")
+    if problems:
+        raise DataError(f"train_dataset {folder} is incomplete or changed since `mftasks data prepare` wrote it:\n"
+                        + "\n".join(f"  - {p}" for p in problems)
+                        + "\nprepare the dataset again (or restore the missing files)")
+
+
+def _remove_own_checkpoint(info: ckpt.CheckpointInfo) -> None:
+    """overwrite_output_dir: remove an old checkpoint of this run's stage (one its mftasks manifest claims),
+    the manifest first so that a reader never trusts a half-deleted pair."""
+    info.manifest_path.unlink(missing_ok=True)
+    info.path.unlink(missing_ok=True)
+
+
+def _foreign_files(folder: Path, names: list[str]) -> list[str]:
+    """The planned checkpoint names under which `folder` already holds something mftasks did not write: a file
+    with no mftasks manifest beside it, or a manifest-named file that is not an mftasks manifest."""
+    problems = []
+    for name in names:
+        path = folder / name
+        mpath = ckpt.manifest_path_of(path)
+        for p in (path, mpath):
+            if not (p.exists() or p.is_symlink()):
+                continue
+            try:
+                ckpt.read_manifest(path)
+            except CheckpointError:
+                problems.append(f"{p} is not an mftasks checkpoint file, but this run would write its own under "
+                                "that name; move it away or choose another output_dir")
+                break
+    return problems
 
 
 def _no_extra(kwargs: dict, method: str) -> None:

@@ -225,7 +225,8 @@ class TrainingArguments(TypedConfig):
     num_train_epochs: int = 1
     """Passes over the training set (ignored when `max_steps` > 0)."""
     max_steps: int = -1
-    """Total training steps; -1 = derive from `num_train_epochs`."""
+    """Total training steps; -1 = train `num_train_epochs` whole epochs (MindFormers' and transformers' meaning;
+    the run's log says once how many steps that is)."""
     learning_rate: float = 5e-5
     """Peak learning rate (after warmup)."""
     lr_end: float = 0.0
