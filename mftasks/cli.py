@@ -50,11 +50,15 @@ def _add_data(sub) -> None:
     p.add_argument("--eval-fraction", type=float, default=0.05, help="share of documents held out (0-0.5)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--pattern", action="append", metavar="GLOB",
-                   help="file names picked in input folders (default: *.txt and *.md)")
+                   help="file names picked inside input folders, relative (default: *.txt and *.md)")
     p.add_argument("--jsonl-field", default="text", help="JSONL field holding the text (default: text)")
     p.add_argument("--num-shards", type=int, default=1, help="MindRecord files per split")
     p.add_argument("--workers", type=int, default=1, help="tokenizer processes (output identical for any N)")
-    p.add_argument("--force", action="store_true", help="replace an output folder holding other files")
+    p.add_argument("--force", action="store_true",
+                   help="replace the mftasks dataset in --output when it was made from other inputs or parameters. "
+                        "Without --force such a dataset is left alone (error); an up-to-date one is kept and a "
+                        "damaged one of the same inputs is rebuilt either way. A folder holding anything else, "
+                        "or an --output that is, holds or lies inside an --input, is never replaced")
     p.set_defaults(func=_data_prepare)
 
     p = dsub.add_parser("inspect", help="verify a dataset against its manifest and show a sample")

@@ -266,14 +266,31 @@ def test_evaluating_a_truncated_checkpoint_names_the_file(tmp_path, tiny_dataset
             eval_checkpoint=str(path))
     assert f"{path}: {path.stat().st_size} bytes, manifest says" in str(err.value)
     assert "truncated or changed" in str(err.value)
-    assert tree(out) in ([], ["log", "log/rank_0", "log/rank_0/mindformer.log"])  # at most its (empty) log
+    # At most its log, and that empty: the Trainer opens its log before it checks the checkpoint (it
+    # used to read `tree(out) in ([], [log...])`, which never looked inside the log).
+    written = [p for p in out.rglob("*") if p.is_file()]
+    assert [p.relative_to(out).as_posix() for p in written] in ([], ["log/rank_0/mindformer.log"])
+    assert all(p.stat().st_size == 0 for p in written), [p.read_text()[:200] for p in written]
     assert not (out / "checkpoint").exists()
 
 
-def test_a_checkpoint_without_its_manifest_is_not_trusted(tmp_path):
-    path = _fake_checkpoint(tmp_path / "train")
+def test_a_checkpoint_without_its_manifest_is_not_trusted(tmp_path, tiny_dataset):
+    out = tmp_path / "train"
+    path = _fake_checkpoint(out)
     ckpt.manifest_path_of(path).unlink()
     with pytest.raises(CheckpointError) as err:
         ckpt.load_verified(path)
     assert f"{path}: no manifest" in str(err.value) and "nothing vouches for it" in str(err.value)
-    assert json.loads((path.parent / "meta.json").read_text())["last_ckpt_file"] == path.name  # untouched
+    # "untouched" through a door that does write meta.json (the Trainer, after each save): resuming from
+    # the folder finds nothing verified and changes nothing.  (load_verified above never writes meta.json,
+    # so checking meta.json after it, as this test did, could not fail.)
+    from mftasks import Trainer
+
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in path.parent.iterdir()}
+    assert json.loads((path.parent / "meta.json").read_text())["last_ckpt_file"] == path.name
+    with pytest.raises(CheckpointError) as err:
+        Trainer(model=TINY, args={"output_dir": str(out), "max_steps": 2},
+                train_dataset=str(tiny_dataset)).train(resume_training=True)
+    assert f"{path.parent} has no verified train checkpoint to resume from" in str(err.value)
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in path.parent.iterdir()} == before
+    assert not (out / "log").exists()

@@ -114,17 +114,18 @@ def test_tokenizer_and_vocab_size_are_exclusive(tmp_path, corpus_dir, tiny_datas
         prepare(_spec(tmp_path, [corpus_dir], vocab_size=None))
 
 
-def test_output_with_foreign_content_is_refused_unless_force(tmp_path, corpus_dir, tiny_dataset):
+def test_output_with_foreign_content_is_refused_even_with_force(tmp_path, corpus_dir, tiny_dataset):
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     spec = _spec(tmp_path, [corpus_dir], vocab_size=None, tokenizer=str(tiny_dataset / "tokenizer.model"))
-    with pytest.raises(ConfigError, match=r"holds other files .*--force"):
-        prepare(spec)
-    assert (out / "notes.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
-    spec.force = True
-    assert prepare(spec).status == "replaced"
-    assert not (out / "notes.txt").exists() and (out / "manifest.json").is_file()
+    for force in (False, True):
+        spec.force = force
+        with pytest.raises(ConfigError, match=r"holds files that are not an mftasks dataset; mftasks never "
+                                              r"replaces what it did not create \(--force included\)"):
+            prepare(spec)
+        assert (out / "notes.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder either
 
 
 def test_output_that_is_a_file(tmp_path, corpus_dir):

@@ -13,6 +13,7 @@ import pytest
 from mftasks.data import PrepareSpec, inspect, prepare, read_manifest, verify
 from mftasks.data import packing, shards
 from mftasks.data import tokenizer as tok
+from mftasks.errors import DiskFullError
 from mftasks.files import sha256_file
 
 from conftest import TINY_SEQ, write_qa
@@ -71,7 +72,7 @@ def test_second_run_is_up_to_date_and_touches_nothing(tiny_dataset, corpus_dir):
 def test_changed_parameter_rebuilds_with_new_id(tmp_path, corpus_dir):
     out = tmp_path / "ds"
     a = prepare(PrepareSpec(inputs=[str(corpus_dir)], output=str(out), vocab_size=300, seq_length=32))
-    b = prepare(PrepareSpec(inputs=[str(corpus_dir)], output=str(out), vocab_size=300, seq_length=48))
+    b = prepare(PrepareSpec(inputs=[str(corpus_dir)], output=str(out), vocab_size=300, seq_length=48, force=True))
     assert a.status == "created" and b.status == "replaced" and a.dataset_id != b.dataset_id
     assert read_manifest(out)["seq_length"] == 48
     assert not list(tmp_path.glob(".ds.*"))  # no staging or old folders left
@@ -181,8 +182,8 @@ def test_write_failure_midway_keeps_previous_dataset(tmp_path, corpus_dir, monke
         return real(samples, folder, name, num_shards)
 
     monkeypatch.setattr(shards, "write_split", failing)
-    with pytest.raises(OSError, match="No space left"):
-        prepare(PrepareSpec(inputs=[str(corpus_dir)], output=str(out), vocab_size=300, seq_length=40))
+    with pytest.raises(DiskFullError, match=f"disk full while writing the eval split .* at {out / 'eval'}"):
+        prepare(PrepareSpec(inputs=[str(corpus_dir)], output=str(out), vocab_size=300, seq_length=40, force=True))
     assert calls == ["train", "eval"]
     assert {p.relative_to(out): sha256_file(p) for p in out.rglob("*") if p.is_file()} == before
     assert read_manifest(out)["seq_length"] == 32 and not verify(out)

@@ -18,11 +18,27 @@ def test_demo_corpus_is_deterministic_and_checkable(tmp_path):
     checks = [json.loads(l) for l in a.checks.read_text().splitlines()]
     assert len(train) == 300 and len(checks) == 20
     assert all(r["text"].endswith(" " + r["answer"]) for r in train)
-    assert {c["question"] for c in checks}.isdisjoint({r["question"] for r in train}) or True
+    assert all(c["prompt"] == f"Question: {c['question']}\nAnswer:" for c in checks)
     for r in train:
         if r["question"].startswith("Spell the word"):
             word = r["question"].split("'")[1]
             assert r["answer"] == word[::-1]
+
+
+def test_check_questions_are_held_out_of_the_finetune_data(tmp_path):
+    """At the pipeline's sizes (10000 pairs, 200 checks), no check question is in qa.jsonl, which the
+    finetune train and eval splits are both prepared from: not as its question field, nor in its text."""
+    c = demo_corpus.build(tmp_path / "c", max_bytes=1_000, qa_pairs=10_000, checks=200)
+    train = [json.loads(l) for l in c.finetune.read_text().splitlines()]
+    checks = [json.loads(l) for l in c.checks.read_text().splitlines()]
+    assert len(train) == 10_000 and len(checks) == 200
+    questions = [q["question"] for q in checks]
+    assert len(set(questions)) == 200  # distinct: 200 checks, not fewer
+    trained = {r["question"] for r in train}
+    texts = "\n".join(r["text"] for r in train)
+    leaked = [q for q in questions if q in trained or f"Question: {q}\n" in texts]
+    assert leaked == []
+    assert all(q["answer"] for q in checks)
 
 
 def test_full_pretrain_corpus_is_at_least_2_mb():

@@ -6,7 +6,8 @@
   deduplicated, capped at `max_bytes`.
 - finetune/qa.jsonl: question/answer pairs of another domain (arithmetic, counting, word games),
   generated with a fixed seed; every answer is checkable.
-- checks/qa_checks.jsonl: held-out question/answer pairs (never in qa.jsonl) for exact-match checks.
+- checks/qa_checks.jsonl: held-out question/answer pairs for exact-match checks: distinct questions,
+  none of which appears in qa.jsonl (so neither in the finetune train nor eval split prepared from it).
 
 Deterministic for a given Python version: the same interpreter gives byte-identical files.
 """
@@ -53,8 +54,7 @@ def build(out: str | Path, max_bytes: int = 3_000_000, qa_pairs: int = 10_000, c
         if foreign:
             raise OutputExistsError(f"{out} holds other files ({foreign[0]}...); choose an empty or new folder")
     docs = list(stdlib_docstrings(max_bytes))
-    qa = list(qa_pairs_of(seed, qa_pairs + checks))
-    held_out, train_qa = qa[:checks], qa[checks:]
+    held_out, train_qa = held_out_split(seed, qa_pairs, checks)
     for path in targets.values():
         path.parent.mkdir(parents=True, exist_ok=True)
     pre = _jsonl([{"text": d} for d in docs])
@@ -123,6 +123,31 @@ def _docstrings(tree: ast.Module, module: str):
                 yield name, doc
             if isinstance(node, ast.ClassDef):
                 stack.extend((child, name) for child in node.body)
+
+
+def held_out_split(seed: int, n_train: int, n_checks: int) -> tuple[list, list]:
+    """(checks, train): n_checks distinct pairs, then n_train pairs whose questions are none of them.
+
+    One seeded stream: the first distinct questions become the checks; later draws of a check question
+    are skipped, so a check can only be answered by generalising, never by recalling a training pair."""
+    pairs = _qa_stream(seed)
+    checks: dict[str, str] = {}
+    while len(checks) < n_checks:
+        q, a = next(pairs)
+        checks.setdefault(q, a)
+    train = []
+    while len(train) < n_train:
+        q, a = next(pairs)
+        if q not in checks:
+            train.append((q, a))
+    return list(checks.items()), train
+
+
+def _qa_stream(seed: int):
+    rng = random.Random(seed)
+    makers = [_add, _subtract, _successor, _parity, _reverse, _count_letters]
+    while True:
+        yield rng.choice(makers)(rng)
 
 
 def qa_pairs_of(seed: int, n: int):

@@ -50,6 +50,18 @@ def is_dataset(folder: str | Path) -> bool:
     return True
 
 
+def foreign_files(folder: str | Path, manifest: dict) -> list[str]:
+    """Paths in a dataset folder (relative, sorted) that its manifest does not list: not ours to delete."""
+    folder = Path(folder)
+    ours = {MANIFEST, manifest.get("tokenizer", {}).get("file", "")}
+    for split in SPLITS:
+        for shard in manifest.get("splits", {}).get(split, {}).get("shards", []):
+            ours.add(shard.get("file", ""))
+    folders = {str(parent) for f in ours for parent in Path(f).parents if str(parent) != "."}
+    return sorted(rel for rel in (p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+                  if rel not in ours and rel not in folders)
+
+
 def verify(folder: str | Path, manifest: dict | None = None, hashes: bool = True) -> list[str]:
     """Every problem with the dataset's files against its manifest (empty list: verified)."""
     folder = Path(folder)

@@ -3,9 +3,21 @@
 Atomic and idempotent: the dataset is built in a hidden folder beside the output and renamed into
 place at the end; the same inputs and parameters give the same `dataset_id`, and a verified dataset
 with that id is left alone ("up to date").
+
+What may be replaced (checked before anything is written):
+- an output that is an input (or --tokenizer), lies inside one, or holds one: refused, --force included;
+- a folder holding anything but one mftasks dataset (a user's files, or a dataset with extra files in
+  it): refused, --force included;
+- an mftasks dataset of other inputs or parameters: replaced only with --force;
+- an mftasks dataset of the same inputs and parameters: kept when it verifies ("up to date"), rebuilt
+  when its files are damaged (no --force needed: the same dataset is written back).
+A full disk ends in DiskFullError naming the output and the space needed; nothing partial is kept, and
+the hidden folders of earlier runs that died are removed by the next run.
 """
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -13,14 +25,16 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import ConfigError, DataError
-from ..files import (atomic_write_json, copy_durable, fsync_tree, publish_dir, remove_stale_staging,
-                     sha256_file, sha256_json, staging_dir)
+from ..files import (disk_full_as_error, fsync_tree, overlap_problems, publish_dir, remove_stale_staging,
+                     replace_problems, sha256_file, sha256_json, staging_dir)
 from . import manifest as mf
 from . import packing, shards, sources
 from . import tokenizer as tok
 
 MAX_SEQ_LENGTH = 131072
 TOKENIZER_FILE = "tokenizer.model"
+# MindSpore's MindRecord writer refuses to write a page while less than 10 MiB are free on the disk.
+MINDRECORD_FREE_BYTES = 10 << 20
 
 
 @dataclass
@@ -54,7 +68,7 @@ class PrepareSpec:
     workers: int = 1
     """Tokenizer processes; the output is byte-identical for any value."""
     force: bool = False
-    """Replace an output folder that holds something other than an mftasks dataset."""
+    """Replace an mftasks dataset of other inputs or parameters in `output` (never anything else)."""
 
     def problems(self) -> list[str]:
         p = []
@@ -127,51 +141,79 @@ def plan(spec: PrepareSpec) -> str:
     return _plan(spec)[1]
 
 
-def _plan(spec: PrepareSpec) -> tuple[sources.Corpus, str]:
-    out = Path(spec.output).expanduser()
+_WHERE = "data prepare"
+
+
+def _output_path(spec: PrepareSpec) -> Path:
+    """--output as an absolute path ('.' and '..' resolved by name, symlinks not followed)."""
+    return Path(os.path.abspath(Path(spec.output).expanduser()))
+
+
+def _plan(spec: PrepareSpec) -> tuple[sources.Corpus, str, dict | None]:
+    """Validate, read the sources; (corpus, dataset_id, the output's manifest if it is that dataset, verified)."""
     problems = spec.problems()
     files, found = sources.discover(spec.inputs, spec.patterns)
     problems += found
-    problems += _output_problems(out, spec.force)
+    if spec.output:
+        problems += _output_problems(spec)
     problems += _tokenizer_problems(spec)
-    ConfigError.raise_if(problems, where="data prepare")
+    ConfigError.raise_if(problems, where=_WHERE)
     corpus = sources.read_corpus(files, spec.jsonl_field)
-    return corpus, _dataset_id(corpus, spec)
+    dataset_id = _dataset_id(corpus, spec)
+    out = _output_path(spec)
+    existing = _existing(out)
+    if existing is None:
+        return corpus, dataset_id, None
+    if existing.get("dataset_id") == dataset_id:  # the same dataset: kept if intact, else written back
+        return corpus, dataset_id, None if mf.verify(out, existing) else existing
+    what = (f"an mftasks dataset of other inputs or parameters (dataset_id {str(existing.get('dataset_id'))[:16]}, "
+            f"this one would be {dataset_id[:16]})")
+    ConfigError.raise_if(replace_problems(spec.output, True, spec.force, what), where=_WHERE)
+    return corpus, dataset_id, None
 
 
 def prepare(spec: PrepareSpec) -> PrepareResult:
     """Build (or confirm up to date) the dataset described by spec."""
     start = time.perf_counter()
-    out = Path(spec.output).expanduser()
-    corpus, dataset_id = _plan(spec)
-    existing = _existing(out)
-    if existing is not None and existing.get("dataset_id") == dataset_id and not mf.verify(out, existing):
-        return PrepareResult("up_to_date", out, dataset_id, existing, corpus.warnings,
+    corpus, dataset_id, up_to_date = _plan(spec)
+    out = _output_path(spec)
+    remove_stale_staging(out)  # hidden folders of earlier runs of this output that died
+    given = Path(spec.output).expanduser()  # reported as given (flows pass project-relative paths)
+    if up_to_date is not None:
+        return PrepareResult("up_to_date", given, dataset_id, up_to_date, corpus.warnings,
                              time.perf_counter() - start)
 
-    remove_stale_staging(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staged = staging_dir(out)
     try:
-        manifest = _build(staged, corpus, spec, dataset_id)
+        manifest = _build(staged, out, corpus, spec, dataset_id)
         fsync_tree(staged)
         status = "replaced" if out.exists() else "created"
         publish_dir(staged, out)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
-    return PrepareResult(status, out, dataset_id, manifest, corpus.warnings, time.perf_counter() - start)
+    return PrepareResult(status, given, dataset_id, manifest, corpus.warnings, time.perf_counter() - start)
 
 
-def _output_problems(out: Path, force: bool) -> list[str]:
-    if out.exists() and not out.is_dir():
-        return [f"--output {out} is a file, not a folder; choose another path"]
-    if out.is_dir() and any(out.iterdir()) and not mf.is_dataset(out) and not force:
-        return [f"--output {out} holds other files (not an mftasks dataset); choose an empty or new folder, "
-                "or pass --force to replace it"]
+def _output_problems(spec: PrepareSpec) -> list[str]:
+    """What forbids writing --output, whatever the flags (replacing a dataset needs --force: see _plan)."""
+    out = _output_path(spec)
+    problems = overlap_problems(spec.output, [*spec.inputs, spec.tokenizer])
+    if out.is_dir() and not out.is_symlink() and mf.is_dataset(out):
+        extra = mf.foreign_files(out, mf.read(out))
+        if extra:
+            shown = ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else "")
+            problems.append(f"--output {spec.output} is an mftasks dataset but also holds files it did not write "
+                            f"({shown}); mftasks never replaces what it did not create (--force included): "
+                            "move them out, or choose another folder")
+    else:
+        problems += replace_problems(spec.output, False, spec.force, "an mftasks dataset")
+    if problems:
+        return problems
     parent = next((p for p in [out, *out.parents] if p.exists()), None)
     if parent is not None and not _writable(parent):
-        return [f"--output {out}: {parent} is not writable"]
+        return [f"--output {spec.output}: {parent} is not writable"]
     return []
 
 
@@ -186,7 +228,6 @@ def _tokenizer_problems(spec: PrepareSpec) -> list[str]:
 
 
 def _writable(path: Path) -> bool:
-    import os
     return os.access(path, os.W_OK | os.X_OK)
 
 
@@ -204,7 +245,8 @@ def _dataset_id(corpus: sources.Corpus, spec: PrepareSpec) -> str:
                         "params": spec.params(), "tokenizer": tokenizer})
 
 
-def _build(staged: Path, corpus: sources.Corpus, spec: PrepareSpec, dataset_id: str) -> dict:
+def _build(staged: Path, out: Path, corpus: sources.Corpus, spec: PrepareSpec, dataset_id: str) -> dict:
+    """Write the dataset into `staged` (a hidden folder beside `out`, on the same disk); its manifest."""
     documents = corpus.documents
     if spec.tokenizer:
         model_proto = Path(spec.tokenizer).read_bytes()
@@ -220,13 +262,18 @@ def _build(staged: Path, corpus: sources.Corpus, spec: PrepareSpec, dataset_id: 
               "eval": packing.pack(token_docs, eval_idx, spec.seq_length, info.eos_id)}
     _check_enough(splits, spec)
 
-    if spec.tokenizer:
-        copy_durable(spec.tokenizer, staged / TOKENIZER_FILE)
-    else:
-        (staged / TOKENIZER_FILE).write_bytes(model_proto)
+    # Every write names the output (not the hidden staging folder) and the space the rest still needs.
+    needed = len(model_proto) + sum(shards.estimated_bytes(p.samples) for p in splits.values()) + (1 << 16)
+    _write(staged, out, TOKENIZER_FILE, model_proto, needed)
+    needed -= len(model_proto)
     split_entries = {}
     for name, packed in splits.items():
-        files = shards.write_split(packed.samples, staged / name, name, spec.num_shards) if len(packed.samples) else []
+        files = []
+        if len(packed.samples):
+            with disk_full_as_error(out / name, f"the {name} split (MindRecord; MindSpore's writer also keeps "
+                                    f"{MINDRECORD_FREE_BYTES >> 20} MiB free)", needed + MINDRECORD_FREE_BYTES):
+                files = shards.write_split(packed.samples, staged / name, name, spec.num_shards)
+            needed -= shards.estimated_bytes(packed.samples)
         split_entries[name] = {"documents": packed.documents, "samples": int(len(packed.samples)),
                                "tokens": packed.tokens, "dropped_tokens": packed.dropped_tokens, "shards": files}
     manifest = {
@@ -242,8 +289,15 @@ def _build(staged: Path, corpus: sources.Corpus, spec: PrepareSpec, dataset_id: 
         "run": {"workers": spec.workers},  # does not change the output
         "splits": split_entries,
     }
-    atomic_write_json(staged / mf.MANIFEST, manifest)
+    text = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    _write(staged, out, mf.MANIFEST, text.encode("utf-8"), needed)
     return manifest
+
+
+def _write(staged: Path, out: Path, name: str, data: bytes, needed: int) -> None:
+    """staged/name = data (fsynced with the whole folder before it is published)."""
+    with disk_full_as_error(out / name, name, needed):
+        (staged / name).write_bytes(data)
 
 
 def _check_enough(splits: dict[str, packing.PackedSplit], spec: PrepareSpec) -> None:

@@ -47,6 +47,11 @@ def write_split(samples: np.ndarray, folder: Path, name: str, num_shards: int) -
     return entries
 
 
+def estimated_bytes(samples: np.ndarray) -> int:
+    """About what write_split puts on disk for these samples (ids + mask, index, header)."""
+    return 2 * int(samples.nbytes) + 64 * len(samples) + _header_size(samples.nbytes * 2) + (1 << 16)
+
+
 def _header_size(bytes_per_shard: int) -> int:
     """Header room for the page index (~300 bytes a page), a power of two in MindRecord's range."""
     pages = bytes_per_shard // _PAGE_SIZE + 2

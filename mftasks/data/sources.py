@@ -5,9 +5,16 @@ What counts as a document:
   one document, so the train/eval split works even on a single big file;
 - each line of a JSONL file is one document (the text in `jsonl_field`).
 
+Line breaks: "\n", "\r\n" and a lone "\r" (old Mac files) all end a line.
+
 Files that are binary or not UTF-8:
 - found while scanning a folder: skipped, with one warning naming every skipped file;
 - named directly with --input: an error (you pointed at it, so it is probably a mistake).
+A file that cannot be read (an I/O or permission error) is an error either way; an --input that is not a
+regular file (a FIFO, a device) is refused before anything is read.
+
+--pattern picks files inside each input folder only: an absolute pattern or one with a `..` part is
+refused, so a pattern never reaches outside --input.
 """
 from __future__ import annotations
 
@@ -15,12 +22,13 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ..errors import DataError
 
 DEFAULT_PATTERNS = ("*.txt", "*.md")
-_PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n")
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t\f\v]*\n")
+_LINE_BREAK = re.compile(r"\r\n?")
 _MAX_LISTED = 20
 
 
@@ -67,11 +75,19 @@ def discover(inputs: list[str | Path], patterns=DEFAULT_PATTERNS) -> tuple[list[
     seen: set[Path] = set()
     if not inputs:
         problems.append("no input given: pass one or more --input PATH (text files, folders or .jsonl files)")
+    bad_patterns = pattern_problems(patterns)
+    problems += bad_patterns
     for raw in inputs:
         path = Path(raw).expanduser()
         if not path.exists():
             problems.append(f"--input {raw}: no such file or folder")
             continue
+        if not path.is_dir() and not path.is_file():
+            problems.append(f"--input {raw} is not a regular file or folder (a FIFO, socket or device); "
+                            "copy the text into a file and pass that")
+            continue
+        if path.is_dir() and bad_patterns:
+            continue  # never glob with a pattern that could leave the folder
         if path.is_dir():
             found = sorted({p for pat in patterns for p in path.rglob(pat) if p.is_file()},
                            key=lambda p: p.relative_to(path).as_posix())
@@ -91,13 +107,33 @@ def discover(inputs: list[str | Path], patterns=DEFAULT_PATTERNS) -> tuple[list[
     return files, problems
 
 
+def pattern_problems(patterns) -> list[str]:
+    """Problems with --pattern values: each must be relative and stay inside the input folder."""
+    problems = []
+    for pat in patterns:
+        if not pat or not str(pat).strip():
+            problems.append("--pattern '': give a file name pattern, e.g. '*.txt'")
+        elif str(pat).startswith(("/", "~")) or PurePosixPath(pat).is_absolute():
+            problems.append(f"--pattern {pat!r} is an absolute path; a pattern picks files inside each --input "
+                            "folder: give a relative one such as '*.txt', and pass other folders with --input")
+        elif ".." in PurePosixPath(pat).parts:
+            problems.append(f"--pattern {pat!r} reaches outside the --input folder ('..'); a pattern picks files "
+                            "inside each --input folder: pass the other folder with --input instead")
+    return problems
+
+
 def read_corpus(files: list[SourceFile], jsonl_field: str = "text") -> Corpus:
     """Read every source into documents; raise one DataError listing every problem found."""
     sources: list[SourceRecord] = []
     problems: list[str] = []
     skipped: list[str] = []
     for src in files:
-        data = src.path.read_bytes()
+        try:
+            data = src.path.read_bytes()
+        except OSError as exc:
+            problems.append(f"{src.path}: cannot read it ({exc.strerror or exc}); check the file (permissions, "
+                            "disk) or leave it out of --input")
+            continue
         text = _decode(data)
         if text is None:
             if src.explicit:
@@ -137,13 +173,15 @@ def _decode(data: bytes) -> str | None:
 
 
 def _text_documents(text: str) -> list[str]:
-    text = text.replace("\r\n", "\n")
+    text = _LINE_BREAK.sub("\n", text)
     return [p.strip() for p in _PARAGRAPH_BREAK.split(text) if p.strip()]
 
 
 def _jsonl_documents(path: Path, text: str, field: str) -> tuple[list[str], list[str]]:
     docs, problems = [], []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # Only real line breaks end a record: str.splitlines() would also split at U+2028, U+0085 ...,
+    # which JSON allows raw inside a string.
+    for lineno, line in enumerate(_LINE_BREAK.sub("\n", text).split("\n"), start=1):
         if not line.strip():
             continue
         try:

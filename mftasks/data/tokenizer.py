@@ -13,6 +13,8 @@ from ..errors import ConfigError, DataError
 MODEL_TYPES = ("bpe", "unigram")
 # Fixed special ids for tokenizers we train (MindFormers' GPT-2 has no pad; we reserve 0 for it).
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+# sentencepiece's trainer skips longer lines (all of them skipped: an opaque "!sentences_.empty()").
+MAX_SENTENCE_BYTES = 16384
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,9 @@ def train(documents: list[str], vocab_size: int, model_type: str, seed: int, max
     Deterministic: lines are sampled (at most `max_sentences`) with a seeded RNG, and sentencepiece's
     own generator is seeded too.
     """
-    lines = [ln.strip() for doc in documents for ln in doc.split("\n") if ln.strip()]
+    lines = [piece for doc in documents for ln in doc.split("\n") for piece in training_pieces(ln)]
+    if not lines:
+        raise DataError("no text to train a tokenizer on (every line is blank); check --input")
     if len(lines) > max_sentences:
         keep = np.sort(np.random.default_rng(seed).choice(len(lines), size=max_sentences, replace=False))
         lines = [lines[i] for i in keep]
@@ -80,10 +84,30 @@ def train(documents: list[str], vocab_size: int, model_type: str, seed: int, max
             sentence_iterator=iter(lines), model_writer=buf, vocab_size=vocab_size, model_type=model_type,
             pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, character_coverage=1.0,
             split_digits=True, input_sentence_size=0, shuffle_input_sentence=False,
-            max_sentence_length=16384, minloglevel=2, num_threads=1)
+            max_sentence_length=MAX_SENTENCE_BYTES, minloglevel=2, num_threads=1)
     except RuntimeError as exc:
         raise _translate_training_error(exc, vocab_size) from None
     return buf.data
+
+
+def training_pieces(line: str, limit: int = MAX_SENTENCE_BYTES) -> list[str]:
+    """A line as tokenizer training sentences of at most `limit` UTF-8 bytes each.
+
+    A longer line (a minified file, a whole book on one line) is cut at the last space before the limit,
+    or mid-word where a piece has no space.  Only tokenizer training sees the pieces: the document itself
+    is tokenized whole, so the dataset holds every token of the line."""
+    data = line.strip().encode("utf-8")
+    pieces, pos = [], 0
+    while len(data) - pos > limit:
+        cut = data.rfind(b" ", pos + 1, pos + limit + 1)  # a space byte is never inside a character
+        if cut < 0:
+            cut = pos + limit
+            while data[cut] & 0xC0 == 0x80:  # back to the start of a character
+                cut -= 1
+        pieces.append(data[pos:cut].decode("utf-8").strip())
+        pos = cut
+    pieces.append(data[pos:].decode("utf-8").strip())
+    return [p for p in pieces if p]
 
 
 class _Sink:
@@ -105,6 +129,9 @@ def _translate_training_error(exc: RuntimeError, vocab_size: int) -> Exception:
         return ConfigError(f"--vocab-size {vocab_size} is too small: the corpus has {m.group(2)} distinct "
                            f"characters that need a piece each; use --vocab-size {int(m.group(2)) + 8} or more",
                            where="data prepare")
+    if "sentences_.empty()" in text:
+        return DataError("sentencepiece found no sentence to train a tokenizer on; check that --input holds "
+                         "text (see --pattern and --jsonl-field)")
     return DataError(f"sentencepiece could not train a tokenizer: {_short(exc)}")
 
 
