@@ -9,16 +9,20 @@ A reader trusts a `.ckpt` only if its manifest exists and the file's size and sh
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import faults
 from .errors import CheckpointError
-from .files import atomic_write_json, fsync_path, sha256_file
+from .files import (atomic_write_json, disk_full_as_error, fsync_path, remove_stale_temporaries, require_space,
+                    sha256_file, staging_dir)
 
 log = logging.getLogger("mftasks.checkpoint")
 
@@ -71,32 +75,90 @@ def file_name(prefix: str, rank: int, epoch: int, step_in_epoch: int) -> str:
 
 def save(cell, output_dir: str | Path, rank: int, prefix: str, epoch: int, step_in_epoch: int,
          manifest: dict, choice_func=None, save_total_limit: int | None = None) -> CheckpointInfo:
-    """Save `cell`'s parameters (optionally filtered by name) and commit the manifest last."""
+    """Save `cell`'s parameters (optionally filtered by name) and commit the manifest last.
+
+    MindSpore writes inside a hidden staging folder of the rank folder (`.<file>.tmp-<pid>-<hex8>/`, where
+    its own `<stem>.tmp` also lands); the file is fsynced and renamed into place, then the manifest is
+    written.  Stale temporaries of earlier, dead attempts are removed first.  A full disk (checked
+    before, from the parameters' bytes, and caught at the real write) ends in a DiskFullError naming the
+    file and the space needed, with nothing partial left: no temporary, and no checkpoint without its
+    manifest.
+    """
     import mindspore as ms
 
     folder = rank_dir(output_dir, rank)
-    folder.mkdir(parents=True, exist_ok=True)
     final = folder / file_name(prefix, rank, epoch, step_in_epoch)
-    tmp = folder / f".{final.stem}.tmp-{os.getpid()}.ckpt"
+    what = f"checkpoint {final.name}"
+    needed = _estimate(cell, choice_func)
+    with disk_full_as_error(final, what, needed):
+        folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_checkpoint_temporaries(folder)
+    require_space(folder, needed, what)
+    staged = staging_dir(final)
     try:
-        ms.save_checkpoint(cell, str(tmp), choice_func=choice_func)
-        fsync_path(tmp)
-        faults.inject("ckpt_write", step=manifest.get("global_step"), rank=rank)
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_path(folder)
+        with disk_full_as_error(final, what, needed):
+            tmp = staged / final.name
+            try:
+                ms.save_checkpoint(cell, str(tmp), choice_func=choice_func)
+            except Exception as exc:  # the safetensors writer has its own error type; .ckpt raises OSError
+                if "No space left on device" in str(exc) or "os error 28" in str(exc):
+                    raise OSError(errno.ENOSPC, str(exc)) from exc
+                raise
+            fsync_path(tmp)
+            faults.inject("ckpt_write", step=manifest.get("global_step"), rank=rank)
+            os.replace(tmp, final)
+            fsync_path(folder)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
     body = {"format": FORMAT, "format_version": FORMAT_VERSION, "file": final.name, "rank": rank,
             "epoch": epoch, "step_in_epoch": step_in_epoch, "size": final.stat().st_size,
             "sha256": sha256_file(final), "created": time.time(), **manifest}
-    atomic_write_json(manifest_path_of(final), body)
+    try:
+        atomic_write_json(manifest_path_of(final), body)
+    except BaseException:
+        final.unlink(missing_ok=True)  # a checkpoint no manifest vouches for is a partial output: not kept
+        raise
     atomic_write_json(folder / "meta.json", {"last_epoch": epoch, "last_step": step_in_epoch,
                                              "last_ckpt_file": final.name, "global_step": body["global_step"]})
     info = CheckpointInfo(final, body)
     if save_total_limit:
         apply_retention(folder, prefix, save_total_limit)
     return info
+
+
+def _estimate(cell, choice_func) -> int:
+    """Bytes the parameters `save_checkpoint` will write take at least (data only, a lower bound)."""
+    try:
+        params = cell.parameters_and_names()
+    except AttributeError:
+        return 0
+    total = 0
+    for name, p in params:
+        name = getattr(p, "name", name)
+        if choice_func is None or choice_func(name):
+            total += int(getattr(p, "nbytes", 0) or 0)
+    return total
+
+
+# Temporaries of earlier versions of `save` (".<stem>.tmp-<pid>.ckpt", and MindSpore's ".<stem>.tmp-<pid>.tmp"
+# beside it), which files.remove_stale_temporaries does not name.
+_OLD_TEMPORARY = re.compile(r"^\..+\.tmp-(?P<pid>\d+)\.(ckpt|tmp)$")
+
+
+def remove_stale_checkpoint_temporaries(folder: str | Path) -> list[Path]:
+    """Remove the temporaries dead checkpoint writers left in a rank folder (theirs only: named by mftasks,
+    writer process gone); return what was removed."""
+    from .process import alive
+
+    folder = Path(folder)
+    removed = remove_stale_temporaries(folder)
+    if folder.is_dir():
+        for p in folder.iterdir():
+            m = _OLD_TEMPORARY.match(p.name)
+            if m and p.is_file() and not p.is_symlink() and not alive(int(m["pid"])):
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
 
 
 def read_manifest(ckpt: str | Path) -> dict:

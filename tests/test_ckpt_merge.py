@@ -274,8 +274,12 @@ def test_merge_lora_matches_the_unmerged_model_and_is_idempotent(trained, tmp_pa
 
     mtime = target.stat().st_mtime_ns
     assert merge_lora(base, adapter, target) == target  # the same merge again: nothing written
-    assert merge_lora(target, adapter, tmp_path / "again.ckpt") == target  # the merged one as base: no-op
-    assert target.stat().st_mtime_ns == mtime and not (tmp_path / "again.ckpt").exists()
+    assert target.stat().st_mtime_ns == mtime
+    again = tmp_path / "again.ckpt"  # the merged one as base: not merged twice, but the output asked for exists
+    assert merge_lora(target, adapter, again) == again
+    assert sha256_file(again) == sha256_file(target) and not ckpt.verify(again)
+    assert ckpt.read_manifest(again)["merged_lora"] == m["merged_lora"]
+    assert merge_lora(target, adapter, again) == again and target.stat().st_mtime_ns == mtime
 
 
 def test_merge_lora_refuses_an_adapter_for_another_base(trained, tmp_path):

@@ -158,7 +158,8 @@ def test_transform_to_another_layout_and_back(weights, tmp_path):
         transform(cset.files, cset.strategy_files, None, tmp_path / "unsliced")
 
 
-def test_bare_rank_files_without_manifests_merge_too(weights, tmp_path):
+def test_bare_rank_files_without_manifests_merge_to_an_unverified_file(weights, tmp_path):
+    """Rank files no manifest vouches for merge, but the result gets no manifest either: it stays unverified."""
     layouts = layouts_of("mp2", weights)
     files = []
     for rank in range(2):
@@ -168,8 +169,8 @@ def test_bare_rank_files_without_manifests_merge_too(weights, tmp_path):
     strategy = write_strategy(tmp_path / "s.ckpt", layouts)
     target = merge_sliced(files, [strategy], tmp_path / "full.ckpt", model_config=CFG)
     assert_same(target, weights)
-    m = ckpt.read_manifest(target)
-    assert m["merged_from"][1]["sha256"] == sha256_file(files[1]) and m["model_config"] == CFG.to_dict()
+    assert not ckpt.manifest_path_of(target).exists()
+    assert "no manifest" in ckpt.verify(target)[0]
 
 
 # ---------------------------------------------------------------------------------------------- bad input

@@ -134,22 +134,30 @@ def _transform(args) -> int:
 
 
 def _merge_lora(args) -> int:
-    from .lora_merge import merge_lora
+    from .lora_merge import merge_lora_status
 
-    out = Path(args.output)
-    existed = out.exists()
-    result = merge_lora(args.base, args.adapter, out)
-    if existed or result != out:  # merge_lora refuses any other existing output
-        print(f"already merged: {result} holds adapter {args.adapter}; nothing to do")
+    out, did = merge_lora_status(args.base, args.adapter, args.output)
+    if did == "exists":
+        print(f"already merged: {out} holds adapter {args.adapter}; nothing to do")
+    elif did == "copied":
+        print(f"already merged: base {args.base} already holds adapter {args.adapter}; wrote a verified copy of "
+              f"it to {out}")
     else:
-        print(f"merged: {result}")
+        print(f"merged: {out}")
     return 0
 
 
 def _convert(args) -> int:
+    from .derived import has_manifest
     from .formats import convert
 
-    print(f"converted: {convert(args.src, args.dst)}")
+    out = convert(args.src, args.dst)
+    if has_manifest(out):
+        print(f"converted: {out}")
+    else:
+        print(f"converted (unverified): {out}; {args.src} has no manifest, so none was written for {out} and it "
+              "stays unverified (ckpt verify, eval and predict refuse it); convert a checkpoint mftasks wrote, or "
+              "bring Hugging Face GPT-2 weights in with `mftasks ckpt import-hf`")
     return 0
 
 

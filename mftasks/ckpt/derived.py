@@ -1,25 +1,36 @@
 """Checkpoints derived from others (merged, converted, imported), published the way mftasks.checkpoint saves.
 
-The weights go to a hidden temporary name beside the output, are fsynced, then hard-linked to the final
-name (a link never replaces an existing file), and the manifest is written last.  Any failure removes
-what this call wrote: no partial output, and nothing that existed before is ever overwritten.
+The weights are written inside a hidden staging folder beside the output (`.<name>.tmp-<pid>-<hex8>/`, so
+MindSpore's own `<stem>.tmp` lands there too), fsynced, then hard-linked to the final name (a link never
+replaces an existing file), and the manifest is written last.  Any failure removes what this call wrote:
+no partial output, and nothing that existed before is ever overwritten.  A full disk ends in a
+DiskFullError naming the path and the space needed (checked before writing where the size is known, and
+caught at the real write too); the next run removes the staging folders its own dead attempts left.
+
+A manifest vouches only for what was verified: an output derived from a file no manifest vouches for is
+written without one (`publish(..., manifest=None)`), so it stays unverified.
 """
 from __future__ import annotations
 
 import errno
 import os
+import shutil
 import time
-import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
 from .. import checkpoint as ckpt
-from ..errors import CheckpointError, OutputExistsError
-from ..files import atomic_write_json, fsync_path, sha256_file
-from .formats import format_of
+from ..errors import ConfigError, OutputExistsError
+from ..files import (atomic_write_json, disk_full_as_error, fsync_path, overlap_problems, remove_stale_temporaries,
+                     require_space, sha256_file, staging_dir)
+from .formats import FORMATS, format_of
 
 # Manifest keys that describe one file rather than the weights' history.
 PER_FILE_KEYS = ("format", "format_version", "file", "rank", "size", "sha256", "created", "world_size")
+
+# Room kept for the manifest (a few kB of JSON) and filesystem rounding on top of an output's estimate.
+MANIFEST_ROOM = 64 * 1024
 
 
 def check_free(out_path: str | Path) -> None:
@@ -32,58 +43,108 @@ def check_free(out_path: str | Path) -> None:
                                     "or remove it first")
 
 
+def output_problems(out_path: str | Path, inputs, flag: str = "--output", folder: bool = False) -> list[str]:
+    """Every problem with writing `out_path` from `inputs`, before anything is written: an unknown suffix
+    (files), an output that is an input, lies inside one or contains one (refused whatever the flags), and a
+    parent that is a file."""
+    out_path = Path(out_path)
+    problems = []
+    if not folder and out_path.suffix not in FORMATS:
+        problems.append(f"{flag} {out_path}: unknown checkpoint format {out_path.suffix or '(no suffix)'!r}; name "
+                        "the file *.ckpt (MindSpore) or *.safetensors")
+    problems += overlap_problems(out_path, [i for i in inputs if i is not None], flag)
+    parent = out_path.expanduser().absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        problems.append(f"{flag} {out_path}: {parent} is a file, not a folder; choose another path")
+    return problems
+
+
+def prepare_output(out_path: str | Path, inputs, flag: str = "--output", where: str = "the checkpoint output") -> Path:
+    """Refuse a bad output (ConfigError listing every problem; OutputExistsError when it exists), then remove
+    the staging folders and temporaries that this output's own earlier, dead attempts left beside it."""
+    out_path = Path(out_path)
+    ConfigError.raise_if(output_problems(out_path, inputs, flag), where)
+    check_free(out_path)
+    remove_stale_temporaries(out_path.parent, out_path.name)
+    remove_stale_temporaries(out_path.parent, ckpt.manifest_path_of(out_path).name)
+    return out_path
+
+
 def lineage(manifest: dict) -> dict:
     """A manifest's history (model, data, tokenizer, parents, earlier merges) without its per-file fields."""
     return {k: v for k, v in manifest.items() if k not in PER_FILE_KEYS}
 
 
-def source_lineage(path: str | Path) -> tuple[dict, dict]:
-    """(lineage, reference) of a source checkpoint: verified against its manifest when it has one.
-
-    A file without a manifest (written outside mftasks) is hashed and taken as a full checkpoint with no
-    known history; the reference then says `"manifest": false`.
-    """
-    path = Path(path)
-    if ckpt.manifest_path_of(path).is_file():
-        info = ckpt.load_verified(path)
-        return lineage(info.manifest), {"path": str(path.resolve()), "sha256": info.sha256}
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    bare = {"prefix": path.stem, "stage": None, "kind": "full", "global_step": None, "epoch": None,
-            "step_in_epoch": None, "loss": None, "model_config": None, "pet_method": "", "training_args": None,
-            "dataset_id": None, "dataset": None, "tokenizer": None, "parent": None}
-    return bare, {"path": str(path.resolve()), "sha256": sha256_file(path), "manifest": False}
+def has_manifest(path: str | Path) -> bool:
+    return ckpt.manifest_path_of(Path(path)).is_file()
 
 
-def publish(out_path: str | Path, write: Callable[[Path], str | None], manifest: dict) -> ckpt.CheckpointInfo:
+def estimate(weights: dict) -> int:
+    """Bytes a checkpoint of these tensors takes at least: their data plus a little per entry (a lower bound
+    of the real size, so a pre-check never refuses a write that would have fitted)."""
+    total = 0
+    for name, value in weights.items():
+        total += int(getattr(value, "nbytes", 0)) + len(name)
+    return total
+
+
+@contextmanager
+def disk_full(path: str | Path, what: str, needed: int = 0):
+    """mftasks.files.disk_full_as_error, also for the safetensors writer's own error type (MindSpore's
+    safetensors save raises `SafetensorError: ... No space left on device (os error 28)`)."""
+    with disk_full_as_error(path, what, needed):
+        try:
+            yield
+        except Exception as exc:
+            text = str(exc)
+            if type(exc).__name__ == "SafetensorError" and ("os error 28" in text or "No space left" in text):
+                raise OSError(errno.ENOSPC, text) from exc
+            raise
+
+
+def publish(out_path: str | Path, write: Callable[[Path], str | None], manifest: dict | None,
+            needed: int | None = None) -> ckpt.CheckpointInfo:
     """Run `write(tmp)`, fsync, link tmp to out_path (never replacing), then write the manifest.
 
     `write` may return the sha256 of the bytes it wrote (saves re-reading them); otherwise the file is
     hashed here.  The manifest gets the mftasks.checkpoint per-file fields; `manifest` supplies the rest.
+    manifest=None writes no manifest (an output of unverified inputs stays unverified); the returned info
+    then carries the file's size and sha256 only.  `needed` (bytes, a lower bound) is checked against the
+    free space first.
     """
     out_path = Path(out_path)
     check_free(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{out_path.suffix}")
+    what = f"checkpoint {out_path.name}"
+    with disk_full(out_path, what, needed or 0):
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+    if needed is not None:
+        require_space(out_path.parent, needed + (MANIFEST_ROOM if manifest is not None else 0), what)
+    staged = staging_dir(out_path)
+    tmp = staged / out_path.name
     linked = False
     try:
-        sha = write(tmp)
-        os.chmod(tmp, 0o400)  # read-only, as MindSpore creates checkpoints
-        fsync_path(tmp)
-        size = tmp.stat().st_size
-        sha = sha or sha256_file(tmp)
-        _link_new(tmp, out_path)
-        linked = True
-        fsync_path(out_path.parent)
-        body = {"format": ckpt.FORMAT, "format_version": ckpt.FORMAT_VERSION, "rank": 0, "world_size": 1,
-                **manifest, "file": out_path.name, "size": size, "sha256": sha, "created": time.time()}
-        atomic_write_json(ckpt.manifest_path_of(out_path), body)
+        with disk_full(out_path, what, needed or 0):
+            sha = write(tmp)
+            os.chmod(tmp, 0o400)  # read-only, as MindSpore creates checkpoints
+            fsync_path(tmp)
+            size = tmp.stat().st_size
+            sha = sha or sha256_file(tmp)
+            _link_new(tmp, out_path)
+            linked = True
+            fsync_path(out_path.parent)
+        body = {"file": out_path.name, "size": size, "sha256": sha}
+        if manifest is not None:
+            body = {"format": ckpt.FORMAT, "format_version": ckpt.FORMAT_VERSION, "rank": 0, "world_size": 1,
+                    **manifest, **body, "created": time.time()}
+            atomic_write_json(ckpt.manifest_path_of(out_path), body)
     except BaseException:
         if linked:
             out_path.unlink(missing_ok=True)
         raise
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(staged, ignore_errors=True)
     return ckpt.CheckpointInfo(out_path, body)
 
 

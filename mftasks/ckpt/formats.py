@@ -152,11 +152,11 @@ def import_hf_gpt2(path: str | Path, out_path: str | Path, config) -> Path:
 
     from ..files import sha256_file
     from ..model import GPT2Config
-    from .derived import check_free, publish
+    from .derived import estimate, prepare_output, publish
 
     path, out_path = Path(path), Path(out_path)
     cfg = GPT2Config.from_name(config) if isinstance(config, str) else config
-    check_free(out_path)
+    prepare_output(out_path, [path], where="mftasks ckpt import-hf")
     if not path.is_file():
         raise CheckpointError(f"Hugging Face checkpoint {path} does not exist")
     try:
@@ -198,21 +198,49 @@ def import_hf_gpt2(path: str | Path, out_path: str | Path, config) -> Path:
                 "training_args": None, "dataset_id": None, "dataset": None, "tokenizer": None, "parent": None,
                 "imported_from": {"path": str(path.resolve()), "sha256": sha256_file(path),
                                   "format": "huggingface-gpt2-safetensors"}}
-    return publish(out_path, lambda tmp: save_weights(weights, tmp), manifest).path
+    return publish(out_path, lambda tmp: save_weights(weights, tmp), manifest, needed=estimate(weights)).path
 
 
 def convert(src: str | Path, dst: str | Path) -> Path:
-    """The same entries in another format (.ckpt <-> .safetensors), with a manifest naming the source."""
-    from .derived import check_free, publish, source_lineage
+    """The same entries in another format (.ckpt <-> .safetensors); returns dst.
+
+    Verification stays honest: a source its manifest vouches for (size, sha256, and for full weights the
+    model config's shapes) converts to an output with a manifest carrying the source's history (model
+    config, tokenizer, dataset, parents) plus `converted_from`.  A source without a manifest converts to a
+    file without one: it stays unverified (`ckpt verify`, eval and predict refuse it).  A source whose
+    manifest no longer matches it is refused (CheckpointError), nothing written.
+    """
+    from .. import checkpoint as ckpt
+    from .derived import estimate, has_manifest, lineage, output_problems, prepare_output, publish
 
     src, dst = Path(src), Path(dst)
-    src_fmt, dst_fmt = format_of(src), format_of(dst)
-    check_free(dst)
-    lineage, ref = source_lineage(src)
+    problems = []
+    if src.suffix not in FORMATS:
+        problems.append(f"SRC {src}: unknown checkpoint format {src.suffix or '(no suffix)'!r}; name the file "
+                        "*.ckpt (MindSpore) or *.safetensors")
+    problems += output_problems(dst, [src], "DST")
+    ConfigError.raise_if(problems, "mftasks ckpt convert")
+    prepare_output(dst, [src], "DST", where="mftasks ckpt convert")
+    if not src.is_file():
+        raise CheckpointError(f"checkpoint {src} does not exist" if not src.exists() else
+                              f"{src} is not a checkpoint file")
+    info = ckpt.load_verified(src) if has_manifest(src) else None  # CheckpointError when it no longer matches
     weights = load_weights(src)
     if not weights:
         raise CheckpointError(f"{src} holds no tensors")
-    manifest = {**lineage, "converted_from": {**ref, "format": src_fmt}}
-    if src_fmt == dst_fmt:
-        manifest["converted_from"]["note"] = "same format: re-serialized"
-    return publish(dst, lambda tmp: save_weights(weights, tmp), manifest).path
+    manifest = None
+    if info is not None:
+        cfg = info.manifest.get("model_config")
+        if info.kind == "full" and cfg:
+            from ..model import GPT2Config
+
+            wrong = shape_problems({n: w for n, w in weights.items() if is_model_weight(n)},
+                                   GPT2Config.from_dict(cfg), str(src))
+            if wrong:
+                raise CheckpointError(f"{src} does not hold the model its manifest describes, so it is not converted:\n"
+                                      + "\n".join(f"  - {p}" for p in wrong))
+        manifest = {**lineage(info.manifest), "converted_from": {"path": str(src.resolve()), "sha256": info.sha256,
+                                                                 "format": format_of(src)}}
+        if format_of(src) == format_of(dst):
+            manifest["converted_from"]["note"] = "same format: re-serialized"
+    return publish(dst, lambda tmp: save_weights(weights, tmp), manifest, needed=estimate(weights)).path

@@ -4,38 +4,57 @@
     merge_lora(base, adapter, "merged.ckpt")   # again: "already merged", returns the existing path
 
 The adapter's manifest names the base it was trained on (path and sha256); another base is refused.
-Merging is safe to run again: a base whose manifest already records this adapter (by sha256), or an
-output that already holds this merge, is returned as it is.
+Merging is safe to run again: an output that already holds this merge is returned as it is.  A base whose
+manifest already records this adapter (by sha256) is not merged twice: the output asked for is then a
+verified copy of that base (bytes checked against its manifest, manifest carried over), so the output
+always exists when merge_lora returns.
 """
 from __future__ import annotations
 
 import logging
+import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .. import checkpoint as ckpt
-from ..errors import CheckpointError
-from .derived import check_free, lineage, publish
-from .formats import as_numpy, load_weights, save_weights
+from ..errors import CheckpointError, ConfigError
+from ..files import sha256_file
+from .derived import estimate, lineage, output_problems, prepare_output, publish
+from .formats import as_numpy, format_of, load_weights, save_weights
 
 log = logging.getLogger("mftasks.ckpt")
 
 
 def already_merged(base: str | Path, adapter: str | Path, out_path: str | Path | None = None) -> Path | None:
     """The checkpoint that already holds this adapter merged into this base (base itself or out_path), or None."""
-    return _existing_merge(*_full_and_adapter(base, adapter), out_path)
+    base_info, adapter_info = _full_and_adapter(base, adapter)
+    if out_path is not None and _holds_merge(base_info, adapter_info, Path(out_path)):
+        return Path(out_path)
+    return base_info.path if _base_holds(base_info, adapter_info) else None
 
 
 def merge_lora(base: str | Path, adapter: str | Path, out_path: str | Path) -> Path:
-    """A full checkpoint with the adapter folded in (or the existing one, when already merged); returns its path."""
+    """A full checkpoint with the adapter folded in at out_path (or out_path as it is, when it already holds
+    this merge); returns out_path."""
+    return merge_lora_status(base, adapter, out_path)[0]
+
+
+def merge_lora_status(base: str | Path, adapter: str | Path, out_path: str | Path) -> tuple[Path, str]:
+    """merge_lora, and what it did: "merged", "exists" (out_path already held this merge: nothing written)
+    or "copied" (the base already had this adapter merged in: out_path is a verified copy of it)."""
     from ..model import LoraConfig, lora_filter, merge_lora_state
 
     out_path = Path(out_path)
+    ConfigError.raise_if(output_problems(out_path, [base, adapter]), "mftasks ckpt merge-lora")
     base_info, adapter_info = _full_and_adapter(base, adapter)
-    existing = _existing_merge(base_info, adapter_info, out_path)
-    if existing is not None:
-        log.info("already merged: %s holds adapter %s", existing, adapter)
-        return existing
-    check_free(out_path)
+    if _holds_merge(base_info, adapter_info, out_path):
+        log.info("already merged: %s holds adapter %s", out_path, adapter)
+        return out_path, "exists"
+    prepare_output(out_path, [base_info.path, adapter_info.path], where="mftasks ckpt merge-lora")
+    if _base_holds(base_info, adapter_info):
+        _copy_of(base_info, out_path)
+        log.info("%s already has adapter %s merged in: copied it to %s", base_info.path, adapter, out_path)
+        return out_path, "copied"
     ref = adapter_info.manifest.get("base") or {}
     if ref.get("sha256") != base_info.sha256:
         raise CheckpointError(
@@ -54,23 +73,53 @@ def merge_lora(base: str | Path, adapter: str | Path, out_path: str | Path) -> P
         "adapter": {"path": str(adapter_info.path.resolve()), "sha256": adapter_info.sha256},
         "base": {"path": str(base_info.path.resolve()), "sha256": base_info.sha256},
         "scale": config.scale, "lora_config": config.to_dict()}}
-    info = publish(out_path, lambda tmp: save_weights(merged, tmp), manifest)
+    publish(out_path, lambda tmp: save_weights(merged, tmp), manifest, needed=estimate(merged))
     log.info("merged adapter %s (scale %g, targets %s) into %s -> %s", adapter_info.path.name, config.scale,
              ",".join(config.targets), base_info.path.name, out_path)
-    return info.path
+    return out_path, "merged"
 
 
-def _existing_merge(base_info: ckpt.CheckpointInfo, adapter_info: ckpt.CheckpointInfo, out_path) -> Path | None:
+def _base_holds(base_info: ckpt.CheckpointInfo, adapter_info: ckpt.CheckpointInfo) -> bool:
     done = base_info.manifest.get("merged_lora") or {}
-    if done.get("adapter", {}).get("sha256") == adapter_info.sha256:
-        return base_info.path
-    if out_path is None or not ckpt.manifest_path_of(Path(out_path)).is_file() or ckpt.verify(out_path):
-        return None
-    done = ckpt.read_manifest(out_path).get("merged_lora") or {}
-    if (done.get("adapter", {}).get("sha256") == adapter_info.sha256
-            and done.get("base", {}).get("sha256") == base_info.sha256):
-        return Path(out_path)
-    return None
+    return done.get("adapter", {}).get("sha256") == adapter_info.sha256
+
+
+def _holds_merge(base_info: ckpt.CheckpointInfo, adapter_info: ckpt.CheckpointInfo, out_path: Path) -> bool:
+    """True when out_path is a verified checkpoint of this merge: base + adapter, or a copy of a base that
+    already had this adapter merged in."""
+    if not ckpt.manifest_path_of(out_path).is_file() or ckpt.verify(out_path):
+        return False
+    m = ckpt.read_manifest(out_path)
+    if _base_holds(base_info, adapter_info) and m.get("sha256") == base_info.sha256:
+        return True
+    done = m.get("merged_lora") or {}
+    return (done.get("adapter", {}).get("sha256") == adapter_info.sha256
+            and done.get("base", {}).get("sha256") == base_info.sha256)
+
+
+def _copy_of(info: ckpt.CheckpointInfo, out_path: Path) -> None:
+    """A verified copy of `info` at out_path (same bytes, its manifest carried over with `copied_from`)."""
+    if format_of(out_path) != format_of(info.path):
+        weights = load_weights(info.path)
+        publish(out_path, lambda tmp: save_weights(weights, tmp),
+                {**lineage(info.manifest), "converted_from": {"path": str(info.path.resolve()),
+                                                             "sha256": info.sha256, "format": format_of(info.path)}},
+                needed=estimate(weights))
+        return
+
+    def copy(tmp: Path) -> str:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            digest = pool.submit(sha256_file, info.path)
+            shutil.copyfile(info.path, tmp)
+            sha = digest.result()
+        if sha != info.sha256 or tmp.stat().st_size != info.manifest["size"]:
+            raise CheckpointError(f"{info.path} changed while it was being copied to {out_path} (sha256 or size no "
+                                  "longer match its manifest); nothing was written")
+        return sha
+
+    publish(out_path, copy, {**lineage(info.manifest), "copied_from": {"path": str(info.path.resolve()),
+                                                                        "sha256": info.sha256}},
+            needed=info.manifest["size"])
 
 
 def _full_and_adapter(base, adapter) -> tuple[ckpt.CheckpointInfo, ckpt.CheckpointInfo]:

@@ -1,6 +1,6 @@
 """Data-parallel replicas: every rank holds the whole model; publish it once, after checking they agree.
 
-    merge_replicas("output", "output/merged/gpt2.ckpt")   # the newest step every rank has
+    merge_replicas("output", "published/gpt2.ckpt")   # the newest step every rank has (never inside "output")
 
 The result holds the model weights only (no optimizer state) and a manifest in mftasks.checkpoint's
 format: kind and lineage copied from rank 0's manifest, plus `merged_from` (each rank file and sha256).
@@ -18,7 +18,7 @@ import numpy as np
 from .. import checkpoint as ckpt
 from ..errors import CheckpointError
 from ..files import sha256_file
-from .derived import check_free, lineage, publish
+from .derived import estimate, lineage, prepare_output, publish
 from .formats import (as_numpy, format_of, is_model_weight, load_model_weights, load_weights, save_weights,
                       shape_problems)
 from .sets import CheckpointSet, set_of
@@ -32,10 +32,11 @@ def merge_replicas(output_dir: str | Path, out_path: str | Path, global_step: in
 
     CheckpointError lists every problem: a missing rank, ranks from different steps, a truncated or
     changed file, ranks whose weights differ (naming the parameters), or sliced ranks (see merge_sliced).
-    OutputExistsError if out_path exists.  A failure leaves nothing at out_path.
+    OutputExistsError if out_path exists; ConfigError if it lies inside output_dir (or contains it).  A
+    failure (a full disk included: DiskFullError) leaves nothing at out_path.
     """
     out_path = Path(out_path)
-    check_free(out_path)
+    prepare_output(out_path, [output_dir], where="mftasks ckpt merge")
     cset = set_of(output_dir, global_step, prefix, hashes=False)
     _refuse_sliced(cset)
     files = cset.files
@@ -61,7 +62,8 @@ def merge_replicas(output_dir: str | Path, out_path: str | Path, global_step: in
                 raise CheckpointError(f"{output_dir}: cannot merge step {cset.global_step}: {rank0.result()[0]}")
             return None
 
-        info = publish(out_path, write, _manifest(cset))
+        needed = files[0].stat().st_size if copy_whole else estimate(model)
+        info = publish(out_path, write, _manifest(cset), needed=needed)
     log.info("merged %d rank(s) of %s step %d into %s (%d parameters, %.1f MB)", len(files), cset.prefix,
              cset.global_step, out_path, len(model), info.manifest["size"] / 1e6)
     return info.path

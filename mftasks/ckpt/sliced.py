@@ -18,9 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .. import checkpoint as ckpt
-from ..errors import CheckpointError, OutputExistsError
-from ..files import atomic_write_json, fsync_tree, sha256_file, staging_dir
-from .derived import check_free, lineage, publish
+from ..errors import CheckpointError, ConfigError, OutputExistsError
+from ..files import atomic_write_json, fsync_tree, remove_stale_temporaries, require_space, sha256_file, staging_dir
+from .derived import disk_full, estimate, lineage, output_problems, prepare_output, publish
 from .formats import is_model_weight, load_weights, save_weights, shape_problems
 from .strategy import Layout, device_count, read_strategy
 
@@ -28,10 +28,12 @@ from .strategy import Layout, device_count, read_strategy
 def merge_sliced(rank_files, strategy_files, out_path: str | Path, model_config=None) -> Path:
     """One complete checkpoint (model weights only) from the slices of every rank; returns out_path.
 
-    `model_config` (a GPT2Config) checks the merged shapes when the rank manifests do not name one.
+    `model_config` (a GPT2Config) checks the merged shapes when the rank manifests do not name one.  The
+    output gets a manifest only when every rank file had one that vouched for it: merging rank files no
+    manifest vouches for gives an unverified file (no manifest), as `convert` does.
     """
     out_path = Path(out_path)
-    check_free(out_path)
+    prepare_output(out_path, [*_as_list(rank_files), *_as_list(strategy_files)], where="mftasks ckpt merge-sliced")
     files = _existing(rank_files)
     layouts = read_strategy(strategy_files)
     with ThreadPoolExecutor(max_workers=1) as pool:  # hash the rank files while this thread parses them
@@ -55,7 +57,9 @@ def merge_sliced(rank_files, strategy_files, out_path: str | Path, model_config=
                                    for s in _as_list(strategy_files)]}
     if cfg is not None:
         manifest["model_config"] = cfg.to_dict()
-    return publish(out_path, lambda tmp: save_weights(merged, tmp), manifest).path
+    if sources["bare"]:
+        manifest = None  # nothing vouched for these bytes: the merge of them stays unverified
+    return publish(out_path, lambda tmp: save_weights(merged, tmp), manifest, needed=estimate(merged)).path
 
 
 def merge_set(output_dir: str | Path, out_path: str | Path, global_step: int | None = None,
@@ -64,6 +68,7 @@ def merge_set(output_dir: str | Path, out_path: str | Path, global_step: int | N
     from .replicas import merge_replicas
     from .sets import set_of
 
+    ConfigError.raise_if(output_problems(out_path, [output_dir]), "mftasks ckpt merge")
     cset = set_of(output_dir, global_step, prefix, hashes=False)
     if cset.strategy_files and any(lay.sliced for lay in read_strategy(cset.strategy_files).values()):
         return merge_sliced(cset.files, cset.strategy_files, out_path)
@@ -80,8 +85,11 @@ def transform(rank_files, src_strategy, dst_strategy, out_dir: str | Path) -> Pa
     import mindspore as ms
 
     out_dir = Path(out_dir)
-    if out_dir.exists():
+    inputs = [*_as_list(rank_files), *_as_list(src_strategy), *(_as_list(dst_strategy) if dst_strategy else [])]
+    ConfigError.raise_if(output_problems(out_dir, inputs, folder=True), "mftasks ckpt transform")
+    if out_dir.exists() or out_dir.is_symlink():
         raise OutputExistsError(f"{out_dir} already exists and is never overwritten: choose another output dir")
+    remove_stale_temporaries(out_dir.parent, out_dir.name)
     files = _existing(rank_files)
     src_layouts = read_strategy(src_strategy)
     dst_layouts = read_strategy(dst_strategy) if dst_strategy is not None else None
@@ -90,36 +98,44 @@ def transform(rank_files, src_strategy, dst_strategy, out_dir: str | Path) -> Pa
     sources = _rank_sources(files)
     history = sources["lineage"]
     world = device_count(dst_layouts) if dst_layouts else 1
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    needed = sum(f.stat().st_size for f in files)  # the same entries, re-sliced: about the sources' size
+    what = f"the transformed checkpoint {out_dir}"
+    with disk_full(out_dir, what, needed):
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    require_space(out_dir.parent, needed, what)
     staged = staging_dir(out_dir)
     try:
-        src = _single_strategy(src_strategy, staged / "src-strategy")
-        dst = _single_strategy(dst_strategy, staged / "dst-strategy") if dst_strategy is not None else None
-        record = {"files": sources["refs"], "src_strategy": _refs(src_strategy),
-                  "dst_strategy": _refs(dst_strategy) if dst_strategy is not None else None}
-        for rank in range(world):
-            name = ckpt.file_name(history.get("prefix") or "transformed", rank, history.get("epoch") or 0,
-                                  history.get("step_in_epoch") or 0)
-            path = ckpt.rank_dir(staged, rank) / name
-            path.parent.mkdir(parents=True)
-            needed = ms.rank_list_for_transform(rank, src, dst)
-            try:
-                ms.transform_checkpoint_by_rank(rank, {k: str(files[k]) for k in needed}, str(path), src, dst)
-            except (ValueError, KeyError, TypeError) as exc:
-                raise CheckpointError(f"MindSpore could not transform the checkpoint for rank {rank}: {exc}") from None
-            atomic_write_json(ckpt.manifest_path_of(path), {
-                **history, "format": ckpt.FORMAT, "format_version": ckpt.FORMAT_VERSION, "file": name, "rank": rank,
-                "world_size": world, "size": path.stat().st_size, "sha256": sha256_file(path),
-                "created": time.time(), "transformed_from": record})
-            if dst is not None:
-                (staged / "strategy").mkdir(exist_ok=True)
-                shutil.copyfile(dst, staged / "strategy" / f"ckpt_strategy_rank_{rank}.ckpt")
-        for helper in ("src-strategy", "dst-strategy"):
-            shutil.rmtree(staged / helper, ignore_errors=True)
-        fsync_tree(staged)
-        if out_dir.exists():
-            raise OutputExistsError(f"{out_dir} appeared while it was being written; nothing was overwritten")
-        os.rename(staged, out_dir)
+        with disk_full(out_dir, what, needed):
+            src = _single_strategy(src_strategy, staged / "src-strategy")
+            dst = _single_strategy(dst_strategy, staged / "dst-strategy") if dst_strategy is not None else None
+            record = {"files": sources["refs"], "src_strategy": _refs(src_strategy),
+                      "dst_strategy": _refs(dst_strategy) if dst_strategy is not None else None}
+            for rank in range(world):
+                name = ckpt.file_name(history.get("prefix") or "transformed", rank, history.get("epoch") or 0,
+                                      history.get("step_in_epoch") or 0)
+                path = ckpt.rank_dir(staged, rank) / name
+                path.parent.mkdir(parents=True)
+                ranks_needed = ms.rank_list_for_transform(rank, src, dst)
+                try:
+                    ms.transform_checkpoint_by_rank(rank, {k: str(files[k]) for k in ranks_needed}, str(path), src,
+                                                    dst)
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise CheckpointError(f"MindSpore could not transform the checkpoint for rank {rank}: "
+                                          f"{exc}") from None
+                if not sources["bare"]:  # rank files nothing vouched for give rank files nothing vouches for
+                    atomic_write_json(ckpt.manifest_path_of(path), {
+                        **history, "format": ckpt.FORMAT, "format_version": ckpt.FORMAT_VERSION, "file": name,
+                        "rank": rank, "world_size": world, "size": path.stat().st_size, "sha256": sha256_file(path),
+                        "created": time.time(), "transformed_from": record})
+                if dst is not None:
+                    (staged / "strategy").mkdir(exist_ok=True)
+                    shutil.copyfile(dst, staged / "strategy" / f"ckpt_strategy_rank_{rank}.ckpt")
+            for helper in ("src-strategy", "dst-strategy"):
+                shutil.rmtree(staged / helper, ignore_errors=True)
+            fsync_tree(staged)
+            if out_dir.exists():
+                raise OutputExistsError(f"{out_dir} appeared while it was being written; nothing was overwritten")
+            os.rename(staged, out_dir)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
@@ -219,7 +235,8 @@ def _rank_sources(files: list[Path]) -> dict:
         "dataset": None, "tokenizer": None, "parent": None}
     refs = [{"rank": r, "path": str(f.resolve()), "sha256": sha}
             for r, (f, (_, sha, _)) in enumerate(zip(files, found))]
-    return {"lineage": history, "refs": refs}
+    bare = [f for f, (m, _, _) in zip(files, found) if m is None]
+    return {"lineage": history, "refs": refs, "bare": bare}
 
 
 def _model_config(given, history: dict):

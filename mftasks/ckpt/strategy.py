@@ -114,8 +114,12 @@ def device_count(layouts: dict[str, Layout]) -> int:
 
 
 def write_strategy(path: str | Path, layouts: dict[str, tuple], stage: int = 0) -> Path:
-    """Write a strategy file: name -> (dev_matrix, tensor_map), one pipeline stage, MindSpore's protobuf."""
+    """Write a strategy file: name -> (dev_matrix, tensor_map), one pipeline stage, MindSpore's protobuf.
+
+    Written atomically (temporary name, fsync, rename); a full disk ends in a DiskFullError naming the path."""
     from mindspore.train import node_strategy_pb2 as pb
+
+    from ..files import atomic_write_bytes, disk_full_as_error, remove_stale_temporaries
 
     strategy = pb.ParallelStrategyMap()
     strategy.current_stage = stage
@@ -134,8 +138,11 @@ def write_strategy(path: str | Path, layouts: dict[str, tuple], stage: int = 0) 
         lay.opt_weight_shard_step = 0
         lay.opt_weight_shard_size = 0
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(strategy.SerializeToString())
+    data = strategy.SerializeToString()
+    with disk_full_as_error(path, f"strategy file {path.name}", len(data)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path.parent, path.name)
+    atomic_write_bytes(path, data)  # temporary name, fsync, rename; a full disk: DiskFullError, nothing left
     return path
 
 
