@@ -17,11 +17,10 @@ from pydantic import Field
 
 from mftasks import checkpoint as ckpt
 from mftasks import report
-from mftasks.files import atomic_write_json
 from mftasks.stage import StageSpec
 
 from flows import tasks
-from flows.pipeline import RelPath
+from flows.pipeline import RelPath, append_jsonl, write_json
 
 
 class RegressionError(Exception):
@@ -77,10 +76,9 @@ def nightly_eval(work_dir: RelPath = "demo/pipeline",
     create_markdown_artifact(key="nightly-eval", markdown=(
         f"## Nightly eval of `{model.path}`\n\n" + report.markdown_table(rows)
         + ("\n\n**Regressions:**\n" + "\n".join(f"- {p}" for p in problems) if problems else "\n\nNo regression.")))
-    with history.open("a", encoding="utf-8") as f:
-        f.write(json.dumps({"time": time.time(), "model": str(model.path), "metrics": current}) + "\n")
+    append_jsonl(history, {"time": time.time(), "model": str(model.path), "metrics": current}, "the nightly history")
     if baseline is None:
-        atomic_write_json(baseline_file, current)
+        write_json(baseline_file, current, "the nightly baseline")
     if problems:
         raise RegressionError("perplexity regressed:\n" + "\n".join(f"  - {p}" for p in problems))
     log.info("nightly eval ok: %s", ", ".join(f"{k} {v:.3f}" for k, v in current.items()))

@@ -18,7 +18,7 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from mftasks import report
-from mftasks.files import atomic_write_json
+from mftasks.files import atomic_write_bytes, atomic_write_json, disk_full_as_error
 from mftasks.model import PRESETS
 from mftasks.stage import StageSpec
 
@@ -146,7 +146,7 @@ def finetune_gpt2(corpus_dir: RelPath = "demo/corpus", work_dir: RelPath = "demo
     summary = {"run_dir": str(run_dir), "metrics": metrics, "previous": previous, "predictions": predictions,
                "merged_model": merged, "seconds": round(time.time() - started, 1),
                "stages": {"train": train["seconds"], "lora": lora["seconds"]}}
-    atomic_write_json(run_dir / "summary.json", summary)
+    write_json(run_dir / "summary.json", summary, "the run summary")
     log.info("finetune-gpt2 done in %.0fs: finetune-domain PPL %.2f -> %.2f", summary["seconds"],
              metrics["finetune_base_PPL"], metrics["finetune_merged_PPL"])
     return summary
@@ -170,7 +170,22 @@ def _last_history(path: Path, model_type: str) -> dict | None:
 
 
 def _append_history(path: Path, row: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
+    append_jsonl(path, row, "the metrics history")
+
+
+def write_json(path: Path, obj, what: str) -> None:
+    """A report file, written atomically; a full disk ends in a DiskFullError naming the path."""
+    with disk_full_as_error(path, what):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, obj)
+
+
+def append_jsonl(path: Path, row: dict, what: str) -> None:
+    """One more line in a small JSONL history, written atomically (a full disk leaves the old file whole,
+    never a cut line), with a DiskFullError naming the path."""
+    with disk_full_as_error(path, what):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        old = path.read_bytes() if path.is_file() else b""
+        if old and not old.endswith(b"\n"):
+            old += b"\n"
+        atomic_write_bytes(path, old + (json.dumps(row) + "\n").encode())

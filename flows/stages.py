@@ -23,6 +23,8 @@ from mftasks.stage import StageSpec
 
 Port = Annotated[int, Field(ge=1024, le=65535)]
 Host = Annotated[str, Field(pattern=r"^[A-Za-z0-9.\-]+$", max_length=253)]
+DeploymentName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]+/[A-Za-z0-9_\-]+$", max_length=200,
+                                      description="FLOW/DEPLOYMENT of the per-node launch")]
 
 
 def _stage(name, run_mode, output_dir, model_type, nproc, **kw) -> StageSpec:
@@ -89,7 +91,7 @@ def multi_node_train(nnodes: Annotated[int, Field(ge=1, le=1024)] = 2, nproc_per
                      output_dir: RelPath = "demo/multinode/train", model_type: ModelType = "gpt2_tiny",
                      steps: Steps = 10, batch_size: Annotated[int, Field(ge=1)] = 4,
                      master_addr: Host = "127.0.0.1", master_port: Port = 8118,
-                     node_deployment: str = "node-launch/node-launch") -> dict:
+                     node_deployment: DeploymentName = "node-launch/node-launch") -> dict:
     """One node-launch per node through work queue node-<i>; all join one MindSpore dynamic cluster."""
     def one(i: int):
         run = run_deployment(node_deployment, work_queue_name=f"node-{i}", timeout=None,

@@ -4,15 +4,22 @@
     mftasks run --config configs/gpt2/run_gpt2_lora_cpu.yaml --run_mode finetune --train_dataset FT
     mftasks run --config ... --run_mode eval --eval_dataset DATA
     mftasks run --config ... --run_mode predict --predict_data "hello!"
+    mftasks run --config ... --run_mode predict --predict_file prompts.json   (a JSON list of strings)
+
+Programs that start `mftasks run` (the pipeline's stages) pass prompts with `--predict_file`: a prompt
+is data, so one that reads like an option (`--result_file=/x`) stays a prompt.  `--predict_data` is
+for people typing a command (MindFormers' flag).
 """
 from __future__ import annotations
 
 import dataclasses
 import faulthandler
+import json
 import signal
 from pathlib import Path
 
 from .context import init_context
+from .errors import ConfigError
 from .files import atomic_write_json
 from .run_config import RunConfig, load_run_config
 
@@ -26,7 +33,10 @@ def add_arguments(p) -> None:
     p.add_argument("--run_mode", choices=["train", "finetune", "eval", "predict"])
     p.add_argument("--train_dataset", help="folder made by `mftasks data prepare`")
     p.add_argument("--eval_dataset", help="folder made by `mftasks data prepare`")
-    p.add_argument("--predict_data", nargs="+", help="input text(s) for predict")
+    inputs = p.add_mutually_exclusive_group()
+    inputs.add_argument("--predict_data", nargs="+", help="input text(s) for predict")
+    inputs.add_argument("--predict_file", metavar="FILE",
+                        help="input texts for predict as a JSON list of strings (how programs pass prompts)")
     p.add_argument("--pet_method", help="'' (full) or lora")
     p.add_argument("--model_type", help="model preset, e.g. gpt2, gpt2_tiny")
     p.add_argument("--load_checkpoint", help="checkpoint file or folder to start from / evaluate / predict with")
@@ -55,6 +65,32 @@ def config_from_args(args) -> RunConfig:
     return load_run_config(args.config, overrides)
 
 
+def predict_inputs(args, run_mode: str) -> list[str] | None:
+    """The input texts of a predict run (--predict_data or --predict_file); a ConfigError, before anything
+    starts, when predict has none or they are given to another run mode."""
+    where = "mftasks run"
+    path = getattr(args, "predict_file", None)
+    texts = getattr(args, "predict_data", None)
+    if run_mode != "predict":
+        if texts is not None or path is not None:
+            flag = "--predict_data" if texts is not None else "--predict_file"
+            raise ConfigError(f"{flag} is only used with run_mode predict (run_mode is {run_mode})", where=where)
+        return None
+    if path is not None:
+        try:
+            texts = json.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"--predict_file {path}: cannot read it ({exc.strerror or exc})", where=where) from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"--predict_file {path}: not a JSON list of strings ({exc})", where=where) from None
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise ConfigError(f"--predict_file {path}: must hold a non-empty JSON list of strings", where=where)
+    if not texts:
+        raise ConfigError("run_mode predict needs input texts: --predict_data TEXT [TEXT ...] or "
+                          "--predict_file FILE (a JSON list of strings)", where=where)
+    return list(texts)
+
+
 def run(rc: RunConfig, predict_data: list[str] | None = None):
     """Initialise MindSpore from the config, build the Trainer and run the configured mode."""
     from .trainer import Trainer
@@ -79,7 +115,9 @@ def run(rc: RunConfig, predict_data: list[str] | None = None):
         return trainer.finetune(finetune_checkpoint=rc.load_checkpoint)
     if mode == "eval":
         return trainer.evaluate(eval_checkpoint=rc.load_checkpoint)
-    return trainer.predict(input_data=predict_data or ["hello!"], predict_checkpoint=rc.load_checkpoint,
+    if not predict_data:
+        raise ConfigError("run_mode predict needs input texts (a non-empty list of strings)", where="mftasks run")
+    return trainer.predict(input_data=predict_data, predict_checkpoint=rc.load_checkpoint,
                            **rc.predict)
 
 
@@ -88,7 +126,7 @@ def main(args) -> int:
     # into this rank's log.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     rc = config_from_args(args)
-    result = run(rc, args.predict_data)
+    result = run(rc, predict_inputs(args, rc.run_mode))
     if rc.run_mode in ("eval", "predict"):
         print(result)
     if args.result_file:

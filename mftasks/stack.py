@@ -118,7 +118,7 @@ def start_server(stack: Stack, wait: float = 120.0) -> str:
     proc = subprocess.Popen([stack.prefect(), "server", "start", "--host", stack.host, "--port", str(stack.port)],
                             env=stack.env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True, cwd=stack.project)
-    (stack.home / "server.pid").write_text(str(proc.pid))
+    _write_pid_file(stack.home / "server.pid", proc.pid)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if healthy(stack):
@@ -132,29 +132,66 @@ def start_server(stack: Stack, wait: float = 120.0) -> str:
 
 
 def stop_server(stack: Stack) -> str:
-    stopped = _stop_pid_file(stack.home / "server.pid")
-    return "server stopped" if stopped else "no server of this project was running"
+    outcome = _stop_pid_file(stack.home / "server.pid")
+    if outcome == STOPPED:
+        return "server stopped"
+    if outcome == NOT_RUNNING:
+        return "no server of this project was running"
+    return f"server not stopped: {outcome}"
 
 
 def status(stack: Stack) -> str:
     lines = [f"server  {'up' if healthy(stack) else 'down'}  {stack.ui_url}  (PREFECT_HOME {stack.home})"]
     for pid_file in sorted(stack.home.glob("worker-*.pid")) if stack.home.is_dir() else []:
-        pid = _read_pid(pid_file)
-        lines.append(f"worker  {'up' if pid and process.alive(pid) else 'down'}  {pid_file.stem}  pid {pid}")
+        record = _read_pid_file(pid_file)
+        pid = record and record["pid"]
+        up = bool(record) and _identity_problem(record) is None
+        lines.append(f"worker  {'up' if up else 'down'}  {pid_file.stem}  pid {pid}")
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------- worker
-def ensure_pool(stack: Stack) -> None:
+LOCKED_JOB_TEMPLATE = {
+    # No placeholder and no `env`, `command` or `working_dir` key: the worker starts every flow run with
+    # Prefect's own command (`python -m prefect.engine`), its own environment and a fresh temporary folder
+    # (the deployment's pull step then enters the project).  A key absent here is one a run's job
+    # variables cannot reach: Prefect merges job variables only into placeholders, and `env` only into an
+    # `env` dict of this template (prefect.workers.base.BaseJobConfiguration.from_template_and_values).
+    "job_configuration": {"stream_output": True},
+    # Nothing to set: the server rejects any job variable of a deployment or of a flow run created for
+    # one (HTTP 422, "Additional properties are not allowed"), see docs/SECURITY.md.
+    "variables": {"type": "object", "properties": {}, "additionalProperties": False},
+}
+"""The work pool's base job template: a flow run cannot change the command, environment or folder."""
+
+
+def ensure_pool(stack: Stack) -> str:
+    """The project's process work pool with LOCKED_JOB_TEMPLATE: created, or an older pool's template
+    (Prefect's default, which lets job variables set command, env and working_dir) replaced."""
     with stack.http() as c:
         r = c.get(f"/work_pools/{stack.pool}")
         if r.status_code == 200:
-            return
-        r = c.post("/work_pools/", json={"name": stack.pool, "type": "process"})
+            pool = r.json()
+            if pool.get("type") != "process":
+                raise StackError(f"work pool {stack.pool!r} is of type {pool.get('type')!r}, not 'process'; "
+                                 "delete it or set MFTASKS_POOL to another name")
+            if pool.get("base_job_template") == LOCKED_JOB_TEMPLATE:
+                return "unchanged"
+            r = c.patch(f"/work_pools/{stack.pool}", json={"base_job_template": LOCKED_JOB_TEMPLATE})
+            action = "lock the base job template of"
+        elif r.status_code == 401:
+            _raise_for_status(r)
+        else:
+            r = c.post("/work_pools/", json={"name": stack.pool, "type": "process",
+                                             "base_job_template": LOCKED_JOB_TEMPLATE})
+            action = "create"
     if r.status_code == 401:
         _raise_for_status(r)
-    if r.status_code not in (200, 201, 409):
-        raise StackError(f"could not create work pool {stack.pool!r}: HTTP {r.status_code} {r.text[:200]}")
+    if r.status_code == 409:  # created meanwhile by another process: check it as above
+        return ensure_pool(stack)
+    if r.status_code >= 400:
+        raise StackError(f"could not {action} work pool {stack.pool!r}: HTTP {r.status_code} {r.text[:200]}")
+    return "locked" if action.startswith("lock") else "created"
 
 
 def ensure_device_limit(stack: Stack, node: str, devices: int) -> None:
@@ -182,22 +219,34 @@ def start_worker(stack: Stack, queue: str | None = None, name: str | None = None
     ensure_device_limit(stack, node, devices or os.cpu_count() or 1)
     label = name or f"worker-{queue or 'default'}"
     pid_file = stack.home / f"{label}.pid"
-    pid = _read_pid(pid_file)
-    if pid and process.alive(pid):
-        return f"{label} already running (pid {pid})"
-    argv = [stack.prefect(), "worker", "start", "--pool", stack.pool, "--name", f"{label}-{os.getpid()}"]
+    record = _read_pid_file(pid_file)
+    if record and _identity_problem(record) is None:
+        return f"{label} already running (pid {record['pid']})"
+    template = stack.home / "pool-template.json"  # used only if the worker has to create the pool itself
+    template.write_text(json.dumps(LOCKED_JOB_TEMPLATE))
+    argv = [stack.prefect(), "worker", "start", "--pool", stack.pool, "--type", "process",
+            "--base-job-template", str(template), "--name", f"{label}-{os.getpid()}"]
     if queue:
         argv += ["--work-queue", queue]
     log = open(stack.home / f"{label}.log", "ab")
     proc = subprocess.Popen(argv, env={**stack.env(), "MFTASKS_NODE": node}, stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True, cwd=stack.project)
-    pid_file.write_text(str(proc.pid))
+    _write_pid_file(pid_file, proc.pid)
     return f"{label} started (pid {proc.pid}, pool {stack.pool}{', queue ' + queue if queue else ''})"
 
 
-def stop_workers(stack: Stack) -> list[str]:
-    return [p.stem for p in (stack.home.glob("worker-*.pid") if stack.home.is_dir() else [])
-            if _stop_pid_file(p)]
+def stop_workers(stack: Stack, warn=None) -> list[str]:
+    """Stop the workers this project started; return their names.  A pid file whose pid is now another
+    process is left alone: warn(message) (default: printed on stderr) says so."""
+    warn = warn or (lambda message: print(message, file=sys.stderr))
+    stopped = []
+    for p in sorted(stack.home.glob("worker-*.pid")) if stack.home.is_dir() else []:
+        outcome = _stop_pid_file(p)
+        if outcome == STOPPED:
+            stopped.append(p.stem)
+        elif outcome != NOT_RUNNING:
+            warn(f"{p.stem} not stopped: {outcome}")
+    return stopped
 
 
 # ---------------------------------------------------------------------------------------------- deploy / run
@@ -368,18 +417,75 @@ def _check_port_free(host: str, port: int) -> None:
                              "set MFTASKS_PREFECT_PORT to another port") from None
 
 
-def _read_pid(path: Path) -> int | None:
+STOPPED = "stopped"
+NOT_RUNNING = "not running"
+
+
+def _proc_identity(pid: int) -> dict | None:
+    """What identifies a live process: its start time (clock ticks after boot, /proc/PID/stat field 22,
+    never the same for a later process that reuses the pid) and its command line; None if it is gone."""
     try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
         return None
+    fields = stat[stat.rindex(")") + 2:].split()  # the name in (...) may hold spaces: split after it
+    return {"pid": pid, "start_time": int(fields[19]),
+            "cmdline": [a.decode(errors="replace") for a in cmdline.split(b"\0") if a]}
 
 
-def _stop_pid_file(path: Path, grace: float = 10.0) -> bool:
-    """Stop the process group recorded in a pid file; True if one was running."""
-    pid = _read_pid(path)
+def _write_pid_file(path: Path, pid: int) -> None:
+    """pid + start time + command line of the process just started (Popen returns after its exec)."""
+    record = _proc_identity(pid) or {"pid": pid, "start_time": None, "cmdline": []}
+    path.write_text(json.dumps(record) + "\n")
+
+
+def _read_pid_file(path: Path) -> dict | None:
+    """The record of a pid file; an older file holding only a pid gives {"pid": N} (unproven identity)."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return None
+    if isinstance(record, int) and not isinstance(record, bool):
+        record = {"pid": record}
+    if not isinstance(record, dict) or not isinstance(record.get("pid"), int) or record["pid"] <= 1:
+        return None
+    return record
+
+
+def _identity_problem(record: dict) -> str | None:
+    """None when the recorded pid is still the process that was started; else why it is not (or is gone)."""
+    pid = record["pid"]
+    now = _proc_identity(pid)
+    if now is None or not process.alive(pid):
+        return NOT_RUNNING
+    cmd = " ".join(now["cmdline"])[:200]
+    if record.get("start_time") is None or not record.get("cmdline"):
+        return (f"pid {pid} is running `{cmd}`, but its pid file records no start time and command line to "
+                "prove it is the process mftasks started; left it alone (stop it yourself if it is)")
+    if now["start_time"] != record["start_time"] or now["cmdline"] != record["cmdline"]:
+        return (f"pid {pid} is now another process (`{cmd}`, started at tick {now['start_time']}), not the "
+                f"one mftasks started (`{' '.join(record['cmdline'])[:200]}`, tick {record['start_time']}); "
+                "left it alone and removed the stale pid file")
+    return None
+
+
+def _stop_pid_file(path: Path, grace: float = 10.0) -> str:
+    """Stop the process group recorded in a pid file if, and only if, its process is still the one that
+    was started (start time and command line match): STOPPED, NOT_RUNNING, or why it was left alone."""
+    record = _read_pid_file(path)
+    if record is None:
+        path.unlink(missing_ok=True)
+        return NOT_RUNNING
+    problem = _identity_problem(record)
+    if problem is not None and "records no start time" in problem:
+        return problem  # keep the file: the process may be ours, started by an older mftasks
     path.unlink(missing_ok=True)
-    if not pid or not process.alive(pid):
-        return False
-    process.stop_groups([pid], grace)
-    return True
+    if problem is not None:
+        return problem
+    process.stop_groups([record["pid"]], grace)
+    return STOPPED

@@ -1,7 +1,9 @@
 """One pipeline stage (train, finetune, eval, predict) as a gang launch of `mftasks run` ranks.
 
 A `StageSpec` becomes a run YAML (validated here, before any process starts), the ranks are started
-by the gang launcher, and the stage's result comes back through `--result_file`.  Each attempt logs
+by the gang launcher, and the stage's result comes back through `--result_file`.  The ranks' argv
+holds only options and paths this module makes: prompts are data, written to `prompts.json` in the
+stage folder and passed as `--predict_file` (a prompt such as `--result_file=/x` stays a prompt).  Each attempt logs
 under its own folder; before an attempt starts, the processes of earlier attempts (recorded in
 `pids.json`) are proven gone, so two gangs of one stage never run at once.
 """
@@ -19,7 +21,7 @@ import yaml
 from . import checkpoint as ckpt
 from . import process
 from .errors import ConfigError, MftasksError
-from .files import atomic_write_bytes, atomic_write_json
+from .files import atomic_write_bytes, atomic_write_json, disk_full_as_error
 
 RUN_MODES = ("train", "finetune", "eval", "predict")
 
@@ -85,6 +87,8 @@ class StageSpec:
             p.append(f"load_checkpoint={self.load_checkpoint}: no such file or folder")
         if self.run_mode == "predict" and not self.predict_data:
             p.append("predict needs predict_data (a list of prompts)")
+        elif not isinstance(self.predict_data, (list, tuple)) or not all(isinstance(t, str) for t in self.predict_data):
+            p.append(f"predict_data={self.predict_data!r} must be a list of strings")
         return p
 
     def run_config(self, resume: bool) -> dict:
@@ -158,14 +162,18 @@ def run_stage(spec: StageSpec, work_dir: str | Path, attempt: int = 0, on_line=N
     attempt = _free_attempt(folder / "log", attempt)  # a flow-run retry restarts run_count: never reuse logs
     resume = resume_point(spec)
     config_path = folder / "run.yaml"
-    atomic_write_bytes(config_path, yaml.safe_dump(spec.run_config(resume), sort_keys=False).encode())
+    with disk_full_as_error(config_path, f"the run config of stage {spec.name}"):
+        atomic_write_bytes(config_path, yaml.safe_dump(spec.run_config(resume), sort_keys=False).encode())
     load_run_config(config_path)  # bad config: a clear error now, before any process starts
     result_file = folder / f"result-attempt{attempt}.json"
     result_file.unlink(missing_ok=True)
     argv = [sys.executable, "-m", "mftasks.cli", "run", "--config", str(config_path.resolve()),
             "--result_file", str(result_file.resolve())]
-    if spec.run_mode == "predict":
-        argv += ["--predict_data", *spec.predict_data]
+    if spec.run_mode == "predict":  # prompts are data: a file the rank reads, never argv it parses
+        prompts_file = folder / "prompts.json"
+        with disk_full_as_error(prompts_file, f"the prompts of stage {spec.name}"):
+            atomic_write_bytes(prompts_file, json.dumps(list(spec.predict_data), ensure_ascii=False).encode())
+        argv += ["--predict_file", str(prompts_file.resolve())]
     # One rank needs no cluster: skip the scheduler's start-up and shut-down (seconds per stage).
     mode = "standalone" if spec.world_size == 1 else "dynamic-cluster"
     launch_spec = LaunchSpec(program=argv, nproc_per_node=spec.nproc, mode=mode, log_dir=str(folder / "log"),

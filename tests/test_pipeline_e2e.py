@@ -120,19 +120,28 @@ def test_watch_waits_out_a_transient_crashed_state(local_stack):
         set_state(flapping, "CRASHED")
         set_state(stuck, "CRASHED")
     seen = []
+    failures = []  # what went wrong in the thread, re-raised here (pytest only warns about a thread's errors)
 
     def recover():
-        time.sleep(1.5)
-        with local_stack.http() as c2:
-            r = c2.post(f"/flow_runs/{flapping}/set_state", json={"state": {"type": "RUNNING"}, "force": True})
-            assert r.status_code < 300, r.text
+        try:
             time.sleep(1.5)
-            r = c2.post(f"/flow_runs/{flapping}/set_state", json={"state": {"type": "COMPLETED"}, "force": True})
-            assert r.status_code < 300, r.text
+            with local_stack.http() as c2:
+                r = c2.post(f"/flow_runs/{flapping}/set_state", json={"state": {"type": "RUNNING"}, "force": True})
+                assert r.status_code < 300, r.text
+                time.sleep(1.5)
+                r = c2.post(f"/flow_runs/{flapping}/set_state", json={"state": {"type": "COMPLETED"}, "force": True})
+                assert r.status_code < 300, r.text
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's own thread
+            failures.append(exc)
+
     t = threading.Thread(target=recover)
     t.start()
-    final = st.watch(local_stack, flapping, timeout=60, on_state=seen.append, crash_settle=5.0)
-    t.join()
+    try:
+        final = st.watch(local_stack, flapping, timeout=60, on_state=seen.append, crash_settle=5.0)
+    finally:
+        t.join()
+        if failures:  # the thread's failure is the cause (also of a watch that then timed out)
+            raise failures[0]
     assert final["state"]["type"] == "COMPLETED" and seen[0] == "Crashed" and seen[-1] == "Completed", seen
     t0 = time.monotonic()
     final = st.watch(local_stack, stuck, timeout=60, crash_settle=2.0)
