@@ -43,12 +43,14 @@ def _datasets(corpus_dir: str, work_dir: str, model_type: str, vocab_size: int, 
     corpus = tasks.ensure_demo_corpus(corpus_dir)
     seq = _seq(model_type)
     base = Path(work_dir) / "data"
+    # These folders are the pipeline's own outputs: force lets a run with another seed or corpus replace
+    # the pipeline's previous dataset there (a folder holding anything else is still refused).
     pre = tasks.prepared({"inputs": [corpus["pretrain"]], "patterns": ["*.jsonl"], "seed": seed,
                           "output": str(base / f"pretrain-s{seq}-v{vocab_size}"), "vocab_size": vocab_size,
-                          "seq_length": seq, "workers": 2})
+                          "seq_length": seq, "workers": 2, "force": True})
     fin = tasks.prepared({"inputs": [corpus["finetune"]], "patterns": ["*.jsonl"], "seed": seed,
                           "output": str(base / f"finetune-s{seq}-v{vocab_size}"), "tokenizer": pre["tokenizer"],
-                          "seq_length": seq, "workers": 2})
+                          "seq_length": seq, "workers": 2, "force": True})
     return corpus, pre, fin
 
 

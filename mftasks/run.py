@@ -21,6 +21,7 @@ from pathlib import Path
 from .context import init_context
 from .errors import ConfigError
 from .files import atomic_write_json
+from .launcher.record import record
 from .run_config import RunConfig, load_run_config
 
 FLAGS = ("run_mode", "train_dataset", "eval_dataset", "pet_method", "model_type", "load_checkpoint", "output_dir",
@@ -121,6 +122,7 @@ def run(rc: RunConfig, predict_data: list[str] | None = None):
                            **rc.predict)
 
 
+@record  # this rank's failure record for the launcher (MFTASKS_ERROR_FILE): see mftasks/launcher/record.py
 def main(args) -> int:
     # A launcher that sees no progress sends SIGUSR1 before stopping the gang: dump every thread's stack
     # into this rank's log.
