@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import faults
 from .errors import CheckpointError
 from .files import (atomic_write_json, disk_full_as_error, fsync_path, remove_stale_temporaries, require_space,
                     sha256_file, staging_dir)
@@ -105,7 +104,6 @@ def save(cell, output_dir: str | Path, rank: int, prefix: str, epoch: int, step_
                     raise OSError(errno.ENOSPC, str(exc)) from exc
                 raise
             fsync_path(tmp)
-            faults.inject("ckpt_write", step=manifest.get("global_step"), rank=rank)
             os.replace(tmp, final)
             fsync_path(folder)
     finally:

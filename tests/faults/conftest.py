@@ -2,10 +2,10 @@
 finetune-gpt2 deployment run, inject a fault into it and time the recovery.
 
 Everything is observed from outside, as an operator would: the run folder (pids.json, heartbeats,
-metrics.jsonl, checkpoints, rank logs) and the server's API (states, task runs, logs).  A fault's
-environment (MFTASKS_FAULTS) reaches the flow-run process, and so its ranks, through the flow run's
-job variables (`{"env": {...}}`, which the process worker merges into the flow run's environment),
-so one worker serves every test.
+metrics.jsonl, checkpoints, rank logs) and the server's API (states, task runs, logs).  Faults come
+from outside too (signals, a truncated file, a real full filesystem, a bad parameter): nothing is
+injected through a run's environment, which the locked work-pool template does not let a run set
+(docs/SECURITY.md, tests/test_security.py).
 
 Set MFTASKS_FAULTS_REPORT=FILE to collect each test's recovery breakdown as JSON (bench/faults.py
 does); MFTASKS_FAULTS_KEEP=1 keeps the work folder under build/ for a look afterwards.
@@ -18,9 +18,12 @@ import random
 import re
 import shutil
 import socket
+import subprocess
+import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -102,12 +105,15 @@ class Run:
     """Project-relative work_dir of the run."""
 
     @classmethod
-    def start(cls, stack: st.Stack, work: Path, env: dict[str, str] | None = None, **params) -> "Run":
+    def start(cls, stack: st.Stack, work: Path, start_in: float | None = None, **params) -> "Run":
+        """Create a run of finetune-gpt2; with `start_in` (seconds), scheduled that far ahead, so that its
+        folder can be prepared before its flow runs (Prefect holds it SCHEDULED/PENDING until then)."""
         params = {**BASE_PARAMS, "corpus_dir": str(work / "corpus"), "work_dir": str(work / "pipeline"),
                   "master_port": free_master_port(), **params}
-        body = {"parameters": params}
-        if env:
-            body["job_variables"] = {"env": env}
+        body: dict = {"parameters": params}
+        if start_in is not None:
+            at = datetime.now(timezone.utc) + timedelta(seconds=start_in)
+            body["state"] = {"type": "SCHEDULED", "state_details": {"scheduled_time": at.isoformat()}}
         r = api(stack, "post", f"/deployments/{deployment_id(stack)}/create_flow_run", json=body)
         STARTED.append(r["id"])
         return cls(stack, r["id"], work / "pipeline")
@@ -289,6 +295,54 @@ def flow_run_of(pid: int) -> str | None:
         if item.startswith(b"PREFECT__FLOW_RUN_ID="):
             return item.split(b"=", 1)[1].decode()
     return None
+
+
+# ---------------------------------------------------------------------------------------------- a real full disk
+def tmpfs_unavailable() -> str | None:
+    """Why this process cannot mount a tmpfs (not root, no CAP_SYS_ADMIN, no mount), or None when it can."""
+    probe = Path(tempfile.mkdtemp(prefix="mftasks-tmpfs-probe-"))
+    try:
+        reason = mount_tmpfs(probe, 1 << 20)
+        if reason is None:
+            unmount(probe)
+        return reason
+    finally:
+        try:
+            probe.rmdir()
+        except OSError:
+            pass
+
+
+def mount_tmpfs(point: Path, size: int) -> str | None:
+    """Mount a tmpfs of `size` bytes at `point` (created if missing); None, or why it could not be mounted."""
+    point.mkdir(parents=True, exist_ok=True)
+    try:
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(size)},mode=0755", "tmpfs", str(point)],
+                           capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"cannot run mount ({exc})"
+    if r.returncode != 0:
+        return f"cannot mount a tmpfs here ({(r.stderr or r.stdout).strip() or f'mount exited {r.returncode}'})"
+    return None
+
+
+def unmount(point: Path) -> None:
+    """Lazy unmount: whatever still holds a file in it lets go later; the folder is empty at once."""
+    subprocess.run(["umount", "-l", str(point)], capture_output=True, timeout=30)
+
+
+def fill_to(folder: Path, free: int, name: str = "filler.bin") -> Path:
+    """Write a file of real bytes (zeros) into `folder` so that its filesystem has `free` bytes left (to the
+    page); return the file.  Deleting it is how the test frees the space again, as an operator would."""
+    excess = shutil.disk_usage(folder).free - free
+    assert excess > 0, f"{folder}: {shutil.disk_usage(folder).free} bytes free, fewer than the {free} wanted"
+    path, chunk = folder / name, bytes(1 << 20)
+    with open(path, "wb") as f:
+        while excess > 0:
+            excess -= f.write(chunk[:min(excess, len(chunk))])
+        f.flush()
+        os.fsync(f.fileno())
+    return path
 
 
 # ---------------------------------------------------------------------------------------------- recovery timing

@@ -7,7 +7,8 @@ one at a time, for clean timings):
   stage the flow-run process is SIGKILLed (fault 3), then `prefect flow-run retry`.
 - `rank_faults`: train: rank 1 SIGKILLed (fault 1); in the retry the newest checkpoint is truncated and
   rank 1 killed again (fault 4); LoRA: rank 1 SIGSTOPped (fault 2).
-- `disk_full`: ENOSPC while rank 0 writes the step-8 checkpoint (fault 5).
+- `disk_full`: the train folder is a real, nearly full tmpfs: the step-8 checkpoints do not fit (fault 5);
+  the test frees the space once the failed gang is gone.
 - `user_error`: batch_size 4096 on the tiny dataset (fault 6).
 
 Each scenario only observes and records (one thread per flow run); the tests assert.
@@ -17,10 +18,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,7 +32,8 @@ from mftasks import checkpoint as ckpt
 from mftasks import stack as st
 
 from .conftest import (BASE_PARAMS, NPROC, REPO, RUN_TIMEOUT, STARTED, Recovery, Run, alive, api, detect_time,
-                       flow_run_of, follow_recovery, kill, kill_leftovers, load_weights, stage_failures)
+                       fill_to, flow_run_of, follow_recovery, kill, kill_leftovers, load_weights, mount_tmpfs,
+                       stage_failures, tmpfs_unavailable, unmount)
 
 pytestmark = pytest.mark.slow
 
@@ -215,19 +217,90 @@ def scenario_rank_faults(stack, work, report) -> dict:
     return ev
 
 
+# Fault 5: the train folder is a real tmpfs of its own.  A filler file leaves room for what the train stage
+# writes up to its step-4 checkpoints on both ranks (the tokenizer copy, logs, the checkpoints and their
+# manifests) plus half a checkpoint, so the step-8 checkpoint fits on no rank.
+TMPFS_SIZE = 32 << 20  # enough for the whole retried stage (4 checkpoints x 2 ranks) once the filler is gone
+LOG_ALLOWANCE = 128 << 10  # per rank: mindformer.log, metrics.jsonl, heartbeat.json and its temporary
+PAGE = 4096
+
+
+def _pages(n: int) -> int:
+    return -(-n // PAGE) * PAGE
+
+
+def disk_full_budget(work: Path) -> dict:
+    """Bytes to leave free on the train folder's tmpfs, from the model's parameter count (a checkpoint holds
+    the fp32 weights and Adam's two moments: 12 bytes a parameter, plus a few KB of names and scalars) and
+    the size of the dataset's tokenizer (copied into the folder)."""
+    from mftasks.model import GPT2Config, GPT2LMHeadModel, num_parameters
+
+    cfg = GPT2Config.from_name(BASE_PARAMS["model_type"], vocab_size=BASE_PARAMS["vocab_size"])
+    params = num_parameters(GPT2LMHeadModel(cfg))
+    data = 12 * params
+    tokenizers = list((REPO / work / "pipeline" / "data").glob("pretrain-*/tokenizer.model"))
+    assert tokenizers, f"no prepared pretrain dataset under {work}/pipeline/data"
+    tokenizer = max(p.stat().st_size for p in tokenizers)
+    per_rank = _pages(data + (16 << 10)) + 3 * PAGE + LOG_ALLOWANCE  # + manifest, meta.json, a temporary
+    return {"parameters": params, "checkpoint_data": data, "tokenizer": tokenizer,
+            "free": _pages(tokenizer) + NPROC * per_rank + _pages(data // 2)}
+
+
+_HIDDEN_TEMPORARY = re.compile(r"^\..*tmp")
+
+
 def scenario_disk_full(stack, work, report) -> dict:
-    """MFTASKS_FAULTS: rank 0's checkpoint write at step 8 fails with ENOSPC (once)."""
-    marker = (REPO / work / f"enospc-{uuid.uuid4().hex[:8]}.fired").resolve()
-    run = Run.start(stack, work, env={"MFTASKS_FAULTS": f"ckpt_write:step=8,rank=0,once={marker}"})
-    ev: dict = {"run": run}
+    """A real full disk: rank 0 and 1's step-8 checkpoints do not fit on the train folder's tmpfs; once the
+    failed gang is gone the test deletes its filler file (as an operator frees space) and the retry resumes
+    from step 4."""
+    reason = tmpfs_unavailable()
+    if reason:
+        print(f"fault 5 (disk full) skipped: {reason}")
+        return {"skipped": reason}
+    budget = disk_full_budget(work)
+    run = Run.start(stack, work, start_in=4.0)  # its folder is prepared before its flow runs
+    ev: dict = {"run": run, "budget": budget}
+    point = run.out("train")
+    reason = mount_tmpfs(point, TMPFS_SIZE)
+    if reason:
+        print(f"fault 5 (disk full) skipped: {reason}")
+        api(stack, "post", f"/flow_runs/{run.id}/set_state", json={"state": {"type": "CANCELLED"}, "force": True})
+        kill_leftovers([run.id])
+        return {"skipped": reason}
+    try:
+        ev["state_at_mount"] = run.state()
+        filler = fill_to(point, budget["free"])
+        ev["free_at_start"] = shutil.disk_usage(point).free
+        return _disk_full(run, point, filler, ev, report)
+    finally:
+        unmount(point)
+
+
+def _disk_full(run: Run, point: Path, filler: Path, ev: dict, report) -> dict:
     old = run.wait_for("the train gang", lambda: run.pids("train"), RUN_TIMEOUT)
-    t_fault = run.wait_for("the injected ENOSPC", lambda: marker.exists() and marker.stat().st_mtime, 300)
-    rec = Recovery("ENOSPC while writing a checkpoint (rank 0, step 8)", "train", t_fault)
-    folder = run.out("train") / "checkpoint" / "rank_0"
+    records = [run.stage("train") / "log" / f"rank_{r}" / "error.json" for r in range(NPROC)]
+
+    def failed():  # a rank's error record is written as its exception leaves it
+        if all(manifest_of(run, "train", r, 2 * SAVE) for r in range(NPROC)):
+            raise AssertionError(f"the step-{2 * SAVE} checkpoints fit on every rank: the tmpfs budget "
+                                 f"{ev['budget']} is wrong")
+        times = [p.stat().st_mtime for p in records if p.exists()]
+        return min(times) if times else None
+    t_fault = run.wait_for("a rank's failure record", failed, 300, poll=0.02)
+    rec = Recovery(f"real full disk (tmpfs) at the step-{2 * SAVE} checkpoint", "train", t_fault)
 
     def snapshot():  # between the failed attempt and the retry
-        ev["files_after_failure"] = sorted(p.name for p in folder.iterdir())
-        ev["verified_after_failure"] = {p.name: ckpt.verify(p) for p in sorted(folder.glob("*.ckpt"))}
+        try:
+            ev["files_after_failure"] = sorted(p.relative_to(point).as_posix() for p in point.rglob("*"))
+            ev["verified_after_failure"] = {p.relative_to(point).as_posix(): ckpt.verify(p)
+                                            for p in sorted(point.glob("checkpoint/rank_*/*.ckpt"))}
+            ev["sizes_after_failure"] = {p.relative_to(point).as_posix(): p.stat().st_size
+                                         for p in sorted(point.glob("checkpoint/rank_*/*.ckpt"))}
+            ev["free_after_failure"] = shutil.disk_usage(point).free
+            ev["records"] = {r: json.loads(p.read_text()) for r, p in enumerate(records) if p.exists()}
+        finally:
+            filler.unlink()  # free the space: the retry must get through
+            ev["free_after_freeing"] = shutil.disk_usage(point).free
     try:
         ev["new"] = follow_recovery(run, "train", old, rec, on_gone=snapshot)
     except AssertionError as exc:  # kept as evidence for test_disk_full_retry_completes
@@ -237,15 +310,20 @@ def scenario_disk_full(stack, work, report) -> dict:
     ev["attempt1_log_tails"] = {r: t[-3000:] for r, t in texts.items()}
     ev["resume_steps"] = {r: int(t.split("resuming at step ", 1)[1].split()[0].rstrip(","))
                           for r, t in texts.items() if "resuming at step " in t}
-    if "recovery_error" not in ev and len(set(ev["resume_steps"].values())) == 1:
+    if "recovery_error" not in ev:
         # the retried stage finishes (and is merged): the rest of the pipeline is not this test's business
         ev["train_completed"] = bool(run.wait_for(
             "the retried train stage to finish", lambda: (run.dir / "published" / "base.ckpt").exists(), 300,
             ends=("FAILED", "CANCELLED", "CRASHED")))
     ev["logs"] = run.logs()
-    ev["final"] = abort(run)  # diverged ranks cannot end well; a finished train stage has shown enough
+    ev["final"] = abort(run)  # a finished train stage has shown enough
     ev["task_runs"] = run.task_runs()
     rec.t_detect = detect_time(ev["logs"], "train", old, 0)
+    sizes = ev.get("sizes_after_failure", {})
+    rec.notes.append(f"tmpfs: {ev['free_at_start']} bytes free at the start (filler), {ev.get('free_after_failure')} "
+                     f"when the gang was gone; checkpoints then: {sizes}; the filler was deleted before the retry")
+    verdicts = [f["message"] for f in stage_failures(ev["logs"]) if f["stage"] == "train"]
+    rec.notes.append(f"verdict: {verdicts[0] if verdicts else '-'}")
     ev["recovery"] = rec
     publish(run, [rec], report)
     return ev
@@ -285,7 +363,7 @@ NEEDS = {
     "test_truncated_newest_checkpoint_falls_back_to_the_previous_one": ("rank_faults",),
     "test_hung_rank_is_detected_with_stacks_and_retried": ("rank_faults",),
     "test_killed_flow_process_crashes_and_retry_resumes_without_a_second_gang": ("reference",),
-    "test_disk_full_keeps_the_previous_checkpoint_and_reports_enospc": ("disk_full",),
+    "test_disk_full_keeps_the_previous_checkpoint_and_names_the_space_needed": ("disk_full",),
     "test_disk_full_retry_completes": ("disk_full",),
     "test_user_error_fails_fast_without_retry": ("user_error",),
 }
@@ -404,24 +482,48 @@ def _started_after(task_run: dict, t: float) -> bool:
     return _ts(task_run["start_time"]) > t - 1.0
 
 
-def test_disk_full_keeps_the_previous_checkpoint_and_reports_enospc(scenarios):
+_DISK_FULL = re.compile(r"DiskFullError: (?:not enough space to write|disk full while writing) checkpoint "
+                        r"(?P<file>mindformers_rank_(?P<rank>\d+)-1_(?P<step>\d+)\.ckpt) at (?P<where>\S+?): "
+                        r"needs (?:about )?(?P<needed>[\d.]+) MB, (?P<free>[\d.]+) MB free")
+
+
+def _disk_full_result(scenarios) -> dict:
     ev = _result(scenarios, "disk_full")
+    if "skipped" in ev:
+        print(ev["skipped"])
+        pytest.skip(ev["skipped"])
+    return ev
+
+
+def test_disk_full_keeps_the_previous_checkpoint_and_names_the_space_needed(scenarios):
+    ev = _disk_full_result(scenarios)
+    run = ev["run"]
+    assert ev["state_at_mount"] in ("SCHEDULED", "PENDING"), ev["state_at_mount"]  # mounted before the flow ran
     failures = [f for f in stage_failures(ev["logs"]) if f["stage"] == "train"]
-    assert failures and failures[0]["retryable"], failures
-    assert "No space left on device" in failures[0]["message"] and "Errno 28" in failures[0]["message"]
+    assert failures and failures[0]["class"] == "disk_full" and failures[0]["retryable"], failures
+    m = _DISK_FULL.search(failures[0]["message"])
+    assert m and int(m["step"]) == 2 * SAVE, failures[0]["message"]
+    rank = int(m["rank"])
+    folder = f"{run.id}/train/checkpoint/rank_{rank}"
+    assert m["where"].endswith((folder, f"{folder}/{m['file']}")), m["where"]  # the path ...
+    size = ev["sizes_after_failure"][f"checkpoint/rank_{rank}/mindformers_rank_{rank}-1_{SAVE}.ckpt"]
+    assert abs(float(m["needed"]) - size / 1e6) <= 0.1, (m["needed"], size)  # ... and the space it needs
+    assert float(m["free"]) < float(m["needed"])
+    assert ev["records"][rank]["exception_type"].endswith("DiskFullError"), ev["records"]
     files = ev["files_after_failure"]
-    assert "mindformers_rank_0-1_4.ckpt" in files  # the previous checkpoint ...
-    assert ev["verified_after_failure"]["mindformers_rank_0-1_4.ckpt"] == []  # ... intact
-    assert not [f for f in files if "_8." in f or "tmp" in f], files  # nothing partial left behind
+    for r in range(NPROC):  # the previous checkpoint intact on every rank, nothing of step 8
+        assert ev["verified_after_failure"][f"checkpoint/rank_{r}/mindformers_rank_{r}-1_{SAVE}.ckpt"] == []
+    assert not [f for f in files if f"_{2 * SAVE}." in f], files
+    assert not [f for f in files if _HIDDEN_TEMPORARY.match(Path(f).name)], files  # no temporary at all
     assert ev["new"] and len(ev["new"]["pids"]) == NPROC + 1  # retried
 
 
 def test_disk_full_retry_completes(scenarios):
-    """Whether or not rank 1 committed its own step 8 before the gang was stopped, the retry's ranks agree on
-    the newest step verified on every rank (step 4) and the retried stage completes (docs/RELIABILITY.md, gap 1)."""
-    ev = _result(scenarios, "disk_full")
+    """Space freed (the filler deleted) once the failed gang is gone: the retry's ranks resume from the step-4
+    checkpoint verified on every rank and the retried stage completes."""
+    ev = _disk_full_result(scenarios)
     assert "recovery_error" not in ev, (ev["recovery_error"], ev["attempt1_log_tails"])
-    assert len(ev["resume_steps"]) == NPROC and len(set(ev["resume_steps"].values())) == 1, ev["resume_steps"]
+    assert ev["resume_steps"] == {r: SAVE for r in range(NPROC)}, ev["resume_steps"]
     assert ev.get("train_completed"), ev["final"]["state"]
 
 
