@@ -60,10 +60,14 @@ def test_deployment_names_resolve_through_the_api(local_stack):
     with pytest.raises(ConfigError, match="no deployment named 'nope'.*finetune-gpt2/finetune-gpt2"):
         st.find_deployment(local_stack, "nope")
     flow = httpx.post(f"{local_stack.api_url}/flows/", json={"name": "other-flow"}, timeout=10).json()
-    httpx.post(f"{local_stack.api_url}/deployments/", json={"name": "finetune-gpt2", "flow_id": flow["id"]},
-               timeout=10).raise_for_status()
-    with pytest.raises(ConfigError, match="ambiguous: finetune-gpt2/finetune-gpt2, other-flow/finetune-gpt2"):
-        st.find_deployment(local_stack, "finetune-gpt2")
+    other = httpx.post(f"{local_stack.api_url}/deployments/", json={"name": "finetune-gpt2", "flow_id": flow["id"]},
+                       timeout=10)
+    other.raise_for_status()
+    try:
+        with pytest.raises(ConfigError, match="ambiguous: finetune-gpt2/finetune-gpt2, other-flow/finetune-gpt2"):
+            st.find_deployment(local_stack, "finetune-gpt2")
+    finally:  # the stack is shared by the session: leave only the project's deployments behind
+        httpx.delete(f"{local_stack.api_url}/deployments/{other.json()['id']}", timeout=10).raise_for_status()
 
 
 def test_nightly_schedule_is_deployed(local_stack):
