@@ -17,14 +17,11 @@ from pydantic import Field
 
 from mftasks import checkpoint as ckpt
 from mftasks import report
+from mftasks.errors import RegressionError
 from mftasks.stage import StageSpec
 
 from flows import tasks
 from flows.pipeline import RelPath, append_jsonl, write_json
-
-
-class RegressionError(Exception):
-    """Perplexity got worse than allowed."""
 
 
 def newest_published(work_dir: Path) -> ckpt.CheckpointInfo | None:

@@ -1,7 +1,7 @@
 """MindSpore context and parallel setup, MindFormers-style (`init_context`, `ContextConfig`,
 `ParallelContextConfig`, `ParallelConfig`), honest about what runs on CPU.
 
-What runs where (see shared/NOTES.md): on CPU MindSpore runs data parallelism only, through its
+What runs where: on CPU MindSpore runs data parallelism only, through its
 dynamic cluster (`MS_ROLE`... set by `mftasks launch` or `msrun`). Semi-auto/auto parallel with
 model_parallel = pipeline_stage = 1 *is* data parallelism, so on CPU `init_context` maps it to
 DATA_PARALLEL with gradients_mean=True and logs that it did; model/pipeline/optimizer parallelism
@@ -33,7 +33,7 @@ _MODE_NAMES = {"GRAPH_MODE": 0, "GRAPH": 0, "PYNATIVE_MODE": 1, "PYNATIVE": 1}
 # MindFormers' integer parallel_mode: 0 data, 1 semi-auto, 2 auto, 3 hybrid.
 _PARALLEL_MODE_INTS = {0: "DATA_PARALLEL", 1: "SEMI_AUTO_PARALLEL", 2: "AUTO_PARALLEL", 3: "HYBRID_PARALLEL"}
 _SEARCH_MODES = ("sharding_propagation", "dynamic_programming", "recursive_programming")
-_CPU_THREADS = 2  # fastest for one process on the project's 2-core machines (NOTES)
+_CPU_THREADS = 2  # runtime_num_threads=2 was the fastest for one process on the project's 2-core machines
 _CLUSTER_VARS = ("MS_ROLE", "MS_WORKER_NUM", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_NODE_ID",
                  "RANK_TABLE_FILE", "RANK_ID", "RANK_SIZE", "DEVICE_ID", "OMPI_COMM_WORLD_RANK",
                  "OMPI_COMM_WORLD_SIZE")
@@ -184,7 +184,7 @@ def cluster_env() -> dict[str, str]:
 def _launched(env: dict[str, str], target: str) -> bool:
     if "MS_ROLE" in env or "OMPI_COMM_WORLD_RANK" in env:
         return True
-    return target != "CPU" and "RANK_TABLE_FILE" in env  # rank tables need HCCL (NOTES)
+    return target != "CPU" and "RANK_TABLE_FILE" in env  # rank tables need HCCL: on CPU RANK_TABLE_FILE without the dynamic cluster fails
 
 
 def _expected_world(env: dict[str, str]) -> int | None:

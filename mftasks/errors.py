@@ -65,5 +65,9 @@ class CheckpointError(MftasksError):
     """A checkpoint is missing, incomplete, corrupt or does not fit the model."""
 
 
+class RegressionError(MftasksError):
+    """An evaluation got worse than allowed (nightly-eval's perplexity against the baseline or last night)."""
+
+
 class DiskFullError(MftasksError):
     """A write ran out of space (ENOSPC or quota): names the path, the space needed and the space free."""

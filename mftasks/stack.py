@@ -1,7 +1,8 @@
 """The local Prefect stack: server, workers, deployments, runs — driven as processes and over HTTP.
 
 The library never imports Prefect: the server and workers are `prefect` processes we start (own
-session, so one SIGTERM stops them, see NOTES), and runs are created and watched through the
+session: a worker started from a non-interactive shell ignores SIGINT, and in its own session one
+SIGTERM stops it), and runs are created and watched through the
 server's REST API with httpx.
 
     mftasks server start|stop|status      server on 127.0.0.1:4200, SQLite under .prefect/ in the project
@@ -74,7 +75,7 @@ class Stack:
             "PREFECT_HOME": str(self.home),
             "PREFECT_API_URL": self.api_url,
             "PREFECT_SERVER_API_HOST": self.host,
-            "PREFECT_SERVER_API_PORT": str(self.port),  # or the UI calls the API on 4200 (NOTES)
+            "PREFECT_SERVER_API_PORT": str(self.port),  # else the UI keeps calling the API on port 4200
             "PREFECT_UI_API_URL": self.api_url,
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_WORKER_QUERY_SECONDS": "1",

@@ -4,7 +4,7 @@ Every process inherits the launcher's environment minus the variables the launch
 launch's RANK_ID must not leak in), plus `spec.env`, plus:
 
 - PATH with `dirname(sys.executable)` first, so a program written as `python ...` runs this
-  interpreter / virtualenv (msrun runs the literal `python` found on PATH: NOTES.md);
+  interpreter / virtualenv (msrun starts workers with the literal `python` found on PATH, not the running interpreter);
 - PYTHONUNBUFFERED=1 unless set, so a rank's output reaches its log as it is printed;
 - MFTASKS_ERROR_FILE, the absolute path of the process's own error record (record.py), beside its log.
 

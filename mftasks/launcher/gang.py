@@ -352,9 +352,6 @@ class Gang:
         if self._stop_started is None:
             self._stop_started = time.monotonic()
         started = [st for st in self.procs if st.proc is not None]
-        for st in started:
-            if not st.exited:
-                st.stop_requested = True
         live = live_groups([st.pgid for st in started])
         if live:
             signal_groups(live, signal.SIGTERM)

@@ -40,7 +40,6 @@ class RankState:
     started_wall: float = 0.0
     exit_mono: float | None = None
     returncode: int | None = None
-    stop_requested: bool = False
     # heartbeat progress, in the launcher's monotonic clock
     last_step: int | None = None
     last_progress: float | None = None
@@ -105,9 +104,4 @@ class RankState:
         self.last_step, self.last_progress = step, now
         return True
 
-
-def heartbeat_stale_since(state: RankState, now: float) -> float:
-    """Seconds since this rank last made progress (or since it started, before its first heartbeat)."""
-    ref = state.last_progress if state.last_progress is not None else state.started_mono
-    return now - ref
 
