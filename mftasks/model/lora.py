@@ -30,6 +30,9 @@ from mindspore.common.initializer import HeUniform, initializer
 from mftasks.errors import CheckpointError, ConfigError
 from mftasks.model.config import VALID_LORA_TARGETS, GPT2Config, lora_targets_problems
 
+PET_METHODS: tuple[str, ...] = ("", "lora")
+"""Parameter-efficient tuning methods a run may name: '' (full fine-tuning) or 'lora'."""
+
 # Which layer of a block each target adapts (path relative to `transformer.h.<i>`).
 TARGET_LAYERS: dict[str, str] = {
     "q": "attn.c_attn", "k": "attn.c_attn", "v": "attn.c_attn",
