@@ -24,8 +24,8 @@ from mftasks.stage import StageSpec
 
 from flows import tasks
 
-ModelType = Literal["gpt2_tiny", "gpt2_small_cpu", "gpt2", "gpt2_medium", "gpt2_large", "gpt2_xl", "gpt2_13b",
-                    "gpt2_52b"]
+# The library's presets, smallest first (the order a run form lists them in).
+ModelType = Literal[tuple(sorted(PRESETS, key=lambda name: PRESETS[name]["n_layer"] * PRESETS[name]["n_embd"]))]
 # Each path segment starts with a letter, digit, _ or -: no leading '/', no '..', no shell metacharacters.
 RelPath = Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*(/[A-Za-z0-9_\-][A-Za-z0-9_.\-]*)*$",
                                min_length=1, max_length=200,

@@ -19,7 +19,10 @@ from pydantic import Field
 
 from flows import tasks
 from flows.pipeline import LearningRate, ModelType, Procs, RelPath, Steps
+from mftasks.model.lora import PET_METHODS
 from mftasks.stage import StageSpec
+
+PetMethod = Literal[PET_METHODS]
 
 Port = Annotated[int, Field(ge=1024, le=65535)]
 Host = Annotated[str, Field(pattern=r"^[A-Za-z0-9.\-]+$", max_length=253)]
@@ -43,7 +46,7 @@ def train(train_dataset: RelPath, output_dir: RelPath = "demo/stages/train", mod
 
 @flow(name="finetune", log_prints=True)
 def finetune(train_dataset: RelPath, base_checkpoint: RelPath, output_dir: RelPath = "demo/stages/lora",
-             model_type: ModelType = "gpt2_small_cpu", pet_method: Literal["", "lora"] = "lora", nproc: Procs = 1,
+             model_type: ModelType = "gpt2_small_cpu", pet_method: PetMethod = "lora", nproc: Procs = 1,
              steps: Steps = 60, batch_size: Annotated[int, Field(ge=1)] = 8, learning_rate: LearningRate = 3e-3,
              master_port: Port = 8118) -> dict:
     spec = _stage("finetune", "finetune", output_dir, model_type, nproc, pet_method=pet_method,

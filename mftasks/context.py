@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field
 
 from mftasks.errors import ConfigError, DeviceError
-from mftasks.training_args import TypedConfig, _Checks
+from mftasks.typed_config import Checks, TypedConfig
 
 __all__ = [
     "DEVICE_TARGETS", "PARALLEL_MODES", "ContextConfig", "ParallelConfig", "ParallelContextConfig",
@@ -62,7 +62,7 @@ class ContextConfig(TypedConfig):
     runtime_num_threads: int | None = None
     """MindSpore runtime threads; None = 2 on CPU, MindSpore's default elsewhere."""
 
-    def _check(self, c: _Checks) -> None:
+    def _check(self, c: Checks) -> None:
         if c.ok("mode") and isinstance(self.mode, str):
             c.set("mode", _MODE_NAMES.get(self.mode.strip().upper(), self.mode))
         if c.ok("device_target"):
@@ -103,7 +103,7 @@ class ParallelContextConfig(TypedConfig):
     strategy_ckpt_save_file: str | None = None
     """Where semi/auto parallel writes its strategy file; None = MindSpore's default."""
 
-    def _check(self, c: _Checks) -> None:
+    def _check(self, c: Checks) -> None:
         if c.ok("parallel_mode"):
             mode = self.parallel_mode
             if isinstance(mode, int) and not isinstance(mode, bool):
@@ -130,7 +130,7 @@ class ParallelConfig(TypedConfig):
     use_seq_parallel: bool = False
     micro_batch_interleave_num: int = 1
 
-    def _check(self, c: _Checks) -> None:
+    def _check(self, c: Checks) -> None:
         for name in ("data_parallel", "model_parallel", "pipeline_stage", "micro_batch_num",
                      "gradient_aggregation_group", "micro_batch_interleave_num"):
             c.require(name, lambda v: v >= 1, "must be a positive integer (>= 1)")

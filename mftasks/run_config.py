@@ -23,7 +23,9 @@ name) and every bad value in one ConfigError.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+import dataclasses
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,15 +34,15 @@ import yaml
 
 from mftasks.context import ContextConfig, ParallelConfig, ParallelContextConfig, check_parallel_setup
 from mftasks.errors import ConfigError
-from mftasks.training_args import (
-    TrainingArguments, TypedConfig, _Checks, _from_text, _join, _plain, _type_name, _type_ok, _wants_float,
-    unknown_key_problem,
-)
+from mftasks.model.config import GPT2Config
+from mftasks.model.lora import PET_METHODS
+from mftasks.training_args import TrainingArguments
+from mftasks.typed_config import Checks, Key, TypedConfig, check_section, dotted, plain, unknown_key_problem
 
 __all__ = ["FLAG_KEYS", "MODEL_KEYS", "PET_KEYS", "PREDICT_KEYS", "RUN_MODES", "RunConfig", "load_run_config"]
 
 RUN_MODES = ("train", "finetune", "eval", "predict")
-PET_METHODS = ("", "lora")
+"""What a run does; the one list every other module (stages, flows) takes its run modes from."""
 
 FLAG_KEYS = {
     "pet_method": "pet.pet_method",
@@ -57,18 +59,6 @@ FLAG_KEYS = {
 """MindFormers command-line flag names accepted as override keys, and the dotted key each sets.
 (Top-level keys such as run_mode, train_dataset, eval_dataset, load_checkpoint need no mapping.)"""
 
-_MISSING = object()
-
-
-@dataclass(frozen=True)
-class _Key:
-    """One key of a plain-dict section: its type, its range check and its default."""
-
-    hint: Any
-    test: Callable[[Any], bool] = lambda v: True
-    requirement: str = ""
-    default: Any = _MISSING
-
 
 def _pos(v: Any) -> bool:
     return v >= 1
@@ -78,68 +68,51 @@ def _prob(v: Any) -> bool:
     return 0 <= v < 1
 
 
-MODEL_KEYS = {
-    "model_type": _Key(str, bool, "must name a model preset such as 'gpt2' or 'gpt2_tiny'"),
-    "n_layer": _Key(int, _pos, "must be >= 1"),
-    "n_embd": _Key(int, _pos, "must be >= 1"),
-    "n_head": _Key(int, _pos, "must be >= 1"),
-    "seq_length": _Key(int, _pos, "must be >= 1"),
-    "dropout": _Key(float, _prob, "must be in [0, 1)"),
-    "attention_dropout": _Key(float, _prob, "must be in [0, 1)"),
+MODEL_SET_ELSEWHERE = {
+    "name": "model.model_type names the preset",
+    "vocab_size": "taken from the dataset's tokenizer",
+    "layer_norm_epsilon": "kept at the preset's value",
+    "initializer_range": "kept at the preset's value",
 }
-"""The model section: a preset name plus optional overrides (the preset table lives in mftasks.model)."""
+"""GPT2Config fields a run's model section does not set (the lora_* fields are set in the pet section)."""
+
+_MODEL_HINTS = typing.get_type_hints(GPT2Config)
+_MODEL_RANGES = {int: (_pos, "must be >= 1"), float: (_prob, "must be in [0, 1)")}  # sizes; dropouts
+
+MODEL_KEYS = {
+    "model_type": Key(str, bool, "must name a model preset such as 'gpt2' or 'gpt2_tiny'"),
+    **{f.name: Key(_MODEL_HINTS[f.name], *_MODEL_RANGES[_MODEL_HINTS[f.name]])
+       for f in dataclasses.fields(GPT2Config)
+       if f.name not in MODEL_SET_ELSEWHERE and not f.name.startswith("lora_")},
+}
+"""The model section: a preset name plus optional overrides of GPT2Config fields (the preset table lives in
+mftasks.model)."""
 
 PET_KEYS = {
-    "pet_method": _Key(str | None, lambda v: v in PET_METHODS, "must be '' (full fine-tuning) or 'lora'", ""),
+    "pet_method": Key(str | None, lambda v: v in PET_METHODS, "must be '' (full fine-tuning) or 'lora'", "",
+                      normalise=lambda v: (v or "").lower()),
     # No defaults here: an unset lora_* key takes the model preset's value (scaled down for tiny presets).
-    "lora_rank": _Key(int, _pos, "must be >= 1"),
-    "lora_alpha": _Key(float, lambda v: v > 0, "must be > 0"),
-    "lora_dropout": _Key(float, _prob, "must be in [0, 1)"),
-    "lora_targets": _Key(list[str] | None, lambda v: v is None or len(v) > 0,
-                         "must be a non-empty list of layer names, or null for the model's default "
-                         "(query and value projections)"),
+    "lora_rank": Key(int, _pos, "must be >= 1"),
+    "lora_alpha": Key(float, lambda v: v > 0, "must be > 0"),
+    "lora_dropout": Key(float, _prob, "must be in [0, 1)"),
+    "lora_targets": Key(list[str] | None, lambda v: v is None or len(v) > 0,
+                        "must be a non-empty list of layer names, or null for the model's default "
+                        "(query and value projections)"),
 }
 
 PREDICT_KEYS = {
-    "max_new_tokens": _Key(int, _pos, "must be >= 1", 32),
-    "do_sample": _Key(bool, default=False),
-    "top_k": _Key(int, lambda v: v >= 0, "must be >= 0 (0 = off)", 0),
-    "top_p": _Key(float, lambda v: 0 < v <= 1, "must be in (0, 1]", 1.0),
-    "temperature": _Key(float, lambda v: v > 0, "must be > 0", 1.0),
-    "repetition_penalty": _Key(float, lambda v: v > 0, "must be > 0 (1.0 = off)", 1.0),
+    "max_new_tokens": Key(int, _pos, "must be >= 1", 32),
+    "do_sample": Key(bool, default=False),
+    "top_k": Key(int, lambda v: v >= 0, "must be >= 0 (0 = off)", 0),
+    "top_p": Key(float, lambda v: 0 < v <= 1, "must be in (0, 1]", 1.0),
+    "temperature": Key(float, lambda v: v > 0, "must be > 0", 1.0),
+    "repetition_penalty": Key(float, lambda v: v > 0, "must be > 0 (1.0 = off)", 1.0),
 }
 
 _DICT_SECTIONS = {"model": MODEL_KEYS, "pet": PET_KEYS, "predict": PREDICT_KEYS}
 _CLASS_SECTIONS = {"context": ContextConfig, "parallel": ParallelContextConfig,
                    "parallel_config": ParallelConfig, "training": TrainingArguments}
 _TOP_LEVEL_ONLY = ("seed", "output_dir")  # set once at the top, copied into training
-
-
-def _check_dict(name: str, data: Mapping[str, Any], spec: dict[str, _Key]) -> tuple[dict[str, Any], list[str]]:
-    """Validate a plain-dict section against `spec`; returns the normalised dict (defaults filled)."""
-    out, problems = {}, []
-    for key, value in data.items():
-        if key not in spec:
-            problems.append(unknown_key_problem(key, spec, path=name))
-            continue
-        k = spec[key]
-        value = _from_text(value, k.hint)
-        if not _type_ok(value, k.hint):
-            problems.append(f"{name}.{key}={value!r}: expected {_type_name(k.hint)}, got {type(value).__name__}")
-            continue
-        if isinstance(value, int) and not isinstance(value, bool) and _wants_float(k.hint):
-            value = float(value)
-        if isinstance(value, tuple):
-            value = list(value)
-        if key == "pet_method":
-            value = (value or "").lower()
-        if not k.test(value):
-            problems.append(f"{name}.{key}={value!r}: {k.requirement}")
-        out[key] = value
-    for key, k in spec.items():
-        if key not in out and key not in data and k.default is not _MISSING:
-            out[key] = copy.copy(k.default)
-    return out, problems
 
 
 @dataclass(frozen=True)
@@ -171,7 +144,7 @@ class RunConfig(TypedConfig):
     predict: dict = field(default_factory=dict)
     """Generation settings for run_mode predict (PREDICT_KEYS)."""
 
-    def _check(self, c: _Checks) -> None:
+    def _check(self, c: Checks) -> None:
         c.require("run_mode", lambda v: v in RUN_MODES, f"must be one of {', '.join(RUN_MODES)}")
         c.require("seed", lambda v: v >= 0, "must be >= 0")
         c.require("output_dir", bool, "must be a non-empty path")
@@ -179,7 +152,7 @@ class RunConfig(TypedConfig):
             c.require(name, lambda v: v is None or bool(v), "must be a path or null")
         for name, spec in _DICT_SECTIONS.items():
             if c.ok(name):
-                section, problems = _check_dict(name, getattr(self, name), spec)
+                section, problems = check_section(name, getattr(self, name), spec)
                 if name == "pet" and section.get("pet_method") != "lora":  # lora_* defaults only for LoRA
                     section = {k: v for k, v in section.items() if k == "pet_method" or k in self.pet}
                 c.set(name, section)
@@ -211,7 +184,7 @@ class RunConfig(TypedConfig):
             elif key in _CLASS_SECTIONS:
                 if key == "training" and isinstance(value, Mapping):
                     value = _without_top_level_keys(value, problems)
-                obj, section_problems = _CLASS_SECTIONS[key].build(value, where=where, path=_join(path, key))
+                obj, section_problems = _CLASS_SECTIONS[key].build(value, where=where, path=dotted(path, key))
                 problems += section_problems
                 if obj is not None:
                     kwargs[key] = obj
@@ -222,14 +195,14 @@ class RunConfig(TypedConfig):
         try:
             return cls(**kwargs), problems
         except ConfigError as e:
-            return None, problems + [_join(path, p) for p in e.problems]
+            return None, problems + [dotted(path, p) for p in e.problems]
 
     def to_dict(self) -> dict[str, Any]:
         """Nested plain dict that `RunConfig.from_dict` reads back (training omits seed/output_dir)."""
         out = {}
         for name in self.field_names():
             value = getattr(self, name)
-            out[name] = value.to_dict() if isinstance(value, TypedConfig) else _plain(copy.deepcopy(value))
+            out[name] = value.to_dict() if isinstance(value, TypedConfig) else plain(copy.deepcopy(value))
         for key in _TOP_LEVEL_ONLY:
             out["training"].pop(key)
         return out
@@ -247,7 +220,7 @@ def _without_top_level_keys(training: Mapping[str, Any], problems: list[str]) ->
     return {k: v for k, v in training.items() if k not in _TOP_LEVEL_ONLY}
 
 
-def _known_keys(name: str, value: Any, spec: dict[str, _Key], where: str, problems: list[str]) -> Any:
+def _known_keys(name: str, value: Any, spec: dict[str, Key], where: str, problems: list[str]) -> Any:
     """Drop (and report, naming `where`) unknown keys of a plain-dict section; None reads as {}."""
     if value is None:
         return {}

@@ -22,8 +22,7 @@ from . import checkpoint as ckpt
 from . import process
 from .errors import ConfigError, MftasksError
 from .files import atomic_write_bytes, atomic_write_json, disk_full_as_error
-
-RUN_MODES = ("train", "finetune", "eval", "predict")
+from .run_config import RUN_MODES
 
 
 class StageFailed(MftasksError):

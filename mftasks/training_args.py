@@ -5,27 +5,18 @@ learning_rate=0.001, warmup_steps=100, sink_mode=True, sink_size=2)`; that works
 Every field is checked in `__post_init__`; all problems are collected and raised as one
 `ConfigError` whose messages each name the field, the bad value and the valid range.
 
-This module also holds `TypedConfig`, the small base shared by the config dataclasses of
-`mftasks.context` (type checks from annotations, `from_dict` that refuses unknown keys with a
-"did you mean" suggestion, `replace`, `to_dict`).
+`TypedConfig`, the base shared by every config dataclass, lives in `mftasks.typed_config`.
 """
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import math
-import types
-import typing
-from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from mftasks.errors import ConfigError
+from mftasks.typed_config import Checks, TypedConfig
 
-__all__ = [
-    "LR_SCHEDULERS", "OPTIMIZERS", "SAVE_STRATEGIES", "TrainingArguments", "TypedConfig",
-    "unknown_key_problem",
-]
+__all__ = ["LR_SCHEDULERS", "OPTIMIZERS", "SAVE_STRATEGIES", "TrainingArguments"]
 
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial")
 OPTIMIZERS = ("adamw",)
@@ -33,180 +24,6 @@ _OPTIM_ALIASES = {"adamw": "adamw", "adamweightdecay": "adamw", "fp32_adamw": "a
                   "fusedadamweightdecay": "adamw"}
 SAVE_STRATEGIES = ("steps", "epoch", "no")
 
-
-# ----------------------------------------------------------------------------------------------
-# Shared machinery for typed config dataclasses
-# ----------------------------------------------------------------------------------------------
-
-def unknown_key_problem(key: Any, valid: Iterable[str], *, path: str = "", where: str | None = None) -> str:
-    """Message for a key that is not a field: names the key, its dotted path, `where`, and the
-    closest valid name (or lists the valid ones when nothing is close)."""
-    valid = sorted(valid)
-    at = f" at {path}.{key}" if path else ""
-    loc = f" in {where}" if where else ""
-    close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
-    hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
-    return f"unknown key '{key}'{at}{loc}{hint}"
-
-
-def _type_ok(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
-    if hint is Any:
-        return True
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:  # an int is a fine float; a bool is not
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if origin in (list, tuple):
-        (item, *_) = typing.get_args(hint) or (Any,)
-        return isinstance(value, (list, tuple)) and all(_type_ok(v, item) for v in value)
-    if origin is dict:
-        return isinstance(value, dict)
-    return isinstance(value, hint)
-
-
-def _type_name(hint: Any) -> str:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(hint))
-    if hint is type(None):
-        return "None"
-    return getattr(hint, "__name__", str(hint))
-
-
-def _wants_float(hint: Any) -> bool:
-    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    return float in args and int not in args
-
-
-class _Checks:
-    """Collects problems for one config object; skips fields whose type is already wrong."""
-
-    def __init__(self, obj: Any, skip: set[str]):
-        self.obj, self.skip, self.problems = obj, skip, []
-
-    def ok(self, *names: str) -> bool:
-        """True when every named field has the right type (so range checks may read it)."""
-        return not any(n in self.skip for n in names)
-
-    def require(self, name: str, test: Callable[[Any], bool], requirement: str) -> None:
-        """Record `name=value: requirement` unless `test(value)` holds."""
-        if self.ok(name):
-            value = getattr(self.obj, name)
-            if not test(value):
-                self.problems.append(f"{name}={value!r}: {requirement}")
-
-    def problem(self, message: str) -> None:
-        """Record a cross-field problem; the message must start with a field name."""
-        self.problems.append(message)
-
-    def set(self, name: str, value: Any) -> None:
-        """Store a normalised value on the (frozen) dataclass."""
-        object.__setattr__(self.obj, name, value)
-
-
-class TypedConfig:
-    """Base for frozen config dataclasses: checks each field against its annotation, then calls
-    `_check(checks)` for ranges and cross-field rules, and raises one ConfigError with every
-    problem. Problem messages start with the field name so callers can prefix a dotted path."""
-
-    ALIASES: ClassVar[dict[str, str]] = {}
-    """Accepted alternative key names in `from_dict` (alias -> field)."""
-
-    def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        checks = _Checks(self, set())
-        for f in dataclasses.fields(self):
-            value, hint = getattr(self, f.name), hints[f.name]
-            if not _type_ok(value, hint):
-                checks.skip.add(f.name)
-                checks.problem(f"{f.name}={value!r}: expected {_type_name(hint)}, got {type(value).__name__}")
-            elif _wants_float(hint) and isinstance(value, int):
-                checks.set(f.name, float(value))
-        self._check(checks)
-        ConfigError.raise_if(checks.problems, where=type(self).__name__)
-
-    def _check(self, c: _Checks) -> None:
-        """Range and cross-field checks; subclasses override."""
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict of every field (YAML/JSON friendly)."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None, where: str | None = None):
-        """Build from a mapping; unknown keys and bad values are all reported in one ConfigError."""
-        where = where or cls.__name__
-        obj, problems = cls.build(data, where=where)
-        ConfigError.raise_if(problems, where=where)
-        return obj
-
-    @classmethod
-    def build(cls, data: Mapping[str, Any] | None, *, where: str, path: str = ""):
-        """Like `from_dict` but returns `(obj or None, problems)`; problems carry `path.` prefixes.
-        Numeric strings for float fields (YAML reads `1e-4` as a string) are converted."""
-        if data is None:
-            data = {}
-        if not isinstance(data, Mapping):
-            return None, [f"{path or cls.__name__}: expected a mapping of keys, got {type(data).__name__} {data!r}"]
-        names, hints = cls.field_names(), typing.get_type_hints(cls)
-        kwargs: dict[str, Any] = {}
-        problems: list[str] = []
-        for key, value in data.items():
-            name = cls.ALIASES.get(key, key)
-            if name not in names:
-                problems.append(unknown_key_problem(key, [*names, *cls.ALIASES], path=path, where=where))
-            elif name in kwargs:
-                problems.append(f"{_join(path, name)}: set twice (as '{name}' and its alias); keep one")
-            else:
-                kwargs[name] = _from_text(value, hints[name])
-        try:
-            return cls(**kwargs), problems
-        except ConfigError as e:
-            return None, problems + [_join(path, p) for p in e.problems]
-
-    def replace(self, **changes: Any):
-        """A new, validated copy with `changes` applied (this object is never mutated)."""
-        unknown = [k for k in changes if k not in self.field_names()]
-        ConfigError.raise_if([unknown_key_problem(k, self.field_names(), where=f"{type(self).__name__}.replace")
-                              for k in unknown], where=type(self).__name__)
-        return dataclasses.replace(self, **changes)
-
-
-def _join(path: str, text: str) -> str:
-    return f"{path}.{text}" if path else text
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
-def _from_text(value: Any, hint: Any) -> Any:
-    """YAML 1.1 reads `1e-4` as a string: turn numeric strings into floats for float fields."""
-    if _wants_float(hint) and isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-# ----------------------------------------------------------------------------------------------
-# TrainingArguments
-# ----------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class TrainingArguments(TypedConfig):
@@ -281,7 +98,7 @@ class TrainingArguments(TypedConfig):
         "eval_epochs": "eval_epoch_interval",
     }
 
-    def _check(self, c: _Checks) -> None:
+    def _check(self, c: Checks) -> None:
         if c.ok("optim"):
             c.set("optim", _OPTIM_ALIASES.get(self.optim.lower(), self.optim))
         if c.ok("lr_scheduler_type"):
