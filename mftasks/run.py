@@ -22,7 +22,7 @@ from .context import init_context
 from .errors import ConfigError
 from .files import atomic_write_json
 from .launcher.record import record
-from .run_config import RunConfig, load_run_config
+from .run_config import RUN_MODES, RunConfig, load_run_config
 
 FLAGS = ("run_mode", "train_dataset", "eval_dataset", "pet_method", "model_type", "load_checkpoint", "output_dir",
          "device_target", "device_id", "use_parallel", "data_parallel", "model_parallel", "pipeline_parallel",
@@ -31,7 +31,7 @@ FLAGS = ("run_mode", "train_dataset", "eval_dataset", "pet_method", "model_type"
 
 def add_arguments(p) -> None:
     p.add_argument("--config", required=True, help="run YAML, e.g. configs/gpt2/run_gpt2_tiny.yaml")
-    p.add_argument("--run_mode", choices=["train", "finetune", "eval", "predict"])
+    p.add_argument("--run_mode", choices=RUN_MODES)
     p.add_argument("--train_dataset", help="folder made by `mftasks data prepare`")
     p.add_argument("--eval_dataset", help="folder made by `mftasks data prepare`")
     inputs = p.add_mutually_exclusive_group()
