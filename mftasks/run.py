@@ -132,9 +132,9 @@ def main(args) -> int:
     if rc.run_mode in ("eval", "predict"):
         print(result)
     if args.result_file:
-        from .trainer import _world
+        from .distributed import rank_and_world
 
-        if _world()[0] == 0:  # one writer: rank 0
+        if rank_and_world()[0] == 0:  # one writer: rank 0
             atomic_write_json(args.result_file, {"run_mode": rc.run_mode, "result": _plain(result)})
     return 0
 
