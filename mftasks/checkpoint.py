@@ -6,6 +6,7 @@
 
 A reader trusts a `.ckpt` only if its manifest exists and the file's size and sha256 match it.
 `save_total_limit` retention counts verified checkpoints of one prefix and never deletes the newest.
+Which checkpoint a run starts from or resumes is chosen here too: `named_or_newest`, `resume_point`.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .files import (atomic_write_json, disk_full_as_error, fsync_path, remove_stale_temporaries, require_space,
                     sha256_file, staging_dir)
 
@@ -29,6 +30,7 @@ FORMAT = "mftasks-checkpoint"
 FORMAT_VERSION = 1
 MANIFEST_SUFFIX = ".manifest.json"
 KINDS = ("full", "lora_adapter")
+PREFIX = {"train": "mindformers", "finetune": "mindformers_finetune", "lora": "mindformers_lora"}  # by stage
 
 
 @dataclass(frozen=True)
@@ -253,6 +255,70 @@ def apply_retention(folder: Path, prefix: str, limit: int) -> list[Path]:
         info.path.unlink(missing_ok=True)
         removed.append(info.path)
     return removed
+
+
+# ---------------------------------------------------------------------- which checkpoint a run starts from
+def named_or_newest(value, what: str, kind: str | None, output_dir: str | Path, rank: int) -> CheckpointInfo:
+    """The checkpoint `value` names (verified, of `kind` when given), or with None/True/"" the newest
+    verified one in this rank's folder under output_dir; `what` is the argument's name, for messages."""
+    if value in (None, True, ""):
+        folder = rank_dir(output_dir, rank)
+        info, warnings = newest_verified(folder, kind=kind)
+        for w in warnings:
+            logging.getLogger("mftasks").warning(w)
+        if info is None:
+            need = "full-model " if kind == "full" else ""
+            raise CheckpointError(f"no verified {need}checkpoint under {folder} for {what}; run train() first "
+                                  f"or pass {what}=PATH")
+        return info
+    if not isinstance(value, (str, Path)):
+        raise ConfigError(f"{what}={value!r} must be a checkpoint path", where="Trainer")
+    info = load_verified(value)
+    if kind is not None and info.kind != kind:
+        raise CheckpointError(f"{what}={value} is a {info.kind} checkpoint; a {kind} checkpoint is needed")
+    return info
+
+
+def resume_point(output_dir: str | Path, stage: str, rank: int, world: int, resume: bool,
+                 resume_from_checkpoint: str | None = None) -> CheckpointInfo | None:
+    """The checkpoint a `stage` run resumes: `resume_from_checkpoint` when given, else with `resume` the newest
+    verified one of this stage that every rank has (ranks agree through a collective); None: start afresh."""
+    if resume_from_checkpoint:
+        info = load_verified(resume_from_checkpoint)
+        if info.manifest.get("prefix") != PREFIX[stage]:
+            raise CheckpointError(f"resume_from_checkpoint={resume_from_checkpoint} was written by "
+                                  f"{info.manifest.get('stage')!r}, not by this {stage!r} run")
+        return info
+    if not resume:
+        return None
+    folder = rank_dir(output_dir, rank)
+    info, warnings = newest_verified(folder, prefix=PREFIX[stage])
+    for w in warnings:
+        logging.getLogger("mftasks").warning(w)
+    if world > 1:  # every rank must resume from the same step: the newest one all of them have verified
+        from .distributed import all_reduce_min
+
+        agreed = all_reduce_min(info.global_step if info is not None else -1)
+        if agreed >= 0 and (info is None or info.global_step != agreed):
+            logging.getLogger("mftasks").warning(
+                "rank %d: newest verified checkpoint is step %s, but another rank's is step %d: resuming "
+                "every rank from step %d", rank, info.global_step if info else None, agreed, agreed)
+            info = verified_at(folder, PREFIX[stage], agreed)
+        elif agreed < 0:
+            info = None
+    if info is None:
+        where = f"{folder} (or another rank's folder)" if world > 1 else f"{folder}"
+        raise CheckpointError(f"resume_training=True but {where} has no verified {stage} checkpoint to resume "
+                              "from; start without resume_training")
+    return info
+
+
+def verified_at(folder: str | Path, prefix: str, step: int) -> CheckpointInfo | None:
+    """The newest verified checkpoint of `prefix` at global step `step` in a rank folder, or None."""
+    for info in reversed(listing(folder)):
+        if info.manifest.get("prefix") == prefix and info.global_step == step and not verify(info.path):
+            return info
+    return None
 
 
 def _as_rank_folder(folder: Path) -> Path:

@@ -141,9 +141,7 @@ def resume_point(spec: StageSpec) -> bool:
     """Resume when this stage already wrote a verified checkpoint (a retry, or a re-run of a crashed run)."""
     if spec.run_mode not in ("train", "finetune"):
         return False
-    from .trainer import PREFIX
-
-    prefix = PREFIX["lora" if spec.pet_method == "lora" else spec.run_mode]
+    prefix = ckpt.PREFIX["lora" if spec.pet_method == "lora" else spec.run_mode]
     info, _ = ckpt.newest_verified(ckpt.rank_dir(spec.output_dir, 0), prefix=prefix)
     return info is not None
 
