@@ -1,14 +1,19 @@
 """Model weights in and out of checkpoints: load with shape checks, fit checks between model, checkpoint
-and dataset, and the base of a LoRA adapter."""
+and dataset, and the base of a LoRA adapter.  `ModelChoice` is the model a Trainer was given, resolved once."""
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
 from . import checkpoint as ckpt
-from .errors import CheckpointError, DataError
+from .errors import CheckpointError, ConfigError, DataError
+from .files import sha256_file
 
 SHAPE_FIELDS = ("n_layer", "n_embd", "n_head", "seq_length", "vocab_size")
 
 
-def _origin(info: ckpt.CheckpointInfo) -> str:
+def origin(info: ckpt.CheckpointInfo) -> str:
     """How a checkpoint whose manifest lacks its history came to be (for messages)."""
     m = info.manifest
     if m.get("converted_from"):
@@ -25,7 +30,7 @@ def require(info: ckpt.CheckpointInfo, fields: dict[str, str], purpose: str) -> 
     missing = [f"{name} ({what})" for name, what in fields.items() if not info.manifest.get(name)]
     if missing:
         raise CheckpointError(f"{info.path}: its manifest ({info.manifest_path.name}) does not record "
-                              f"{', '.join(missing)}, which {purpose} needs; {_origin(info)}. Use a checkpoint "
+                              f"{', '.join(missing)}, which {purpose} needs; {origin(info)}. Use a checkpoint "
                               "written by `mftasks run` (or converted from one that has a manifest)")
 
 
@@ -50,8 +55,6 @@ def read_params(path) -> dict:
 def tokenizer_problem(info: ckpt.CheckpointInfo, manifest: dict, folder, flag: str) -> str | None:
     """Why dataset `folder` (its `manifest`, given as `flag`) was not tokenized with the tokenizer the
     checkpoint's weights were trained with; None when it was, or when the checkpoint records none."""
-    from pathlib import Path
-
     theirs = info.manifest.get("tokenizer")
     if not theirs:
         return None
@@ -129,3 +132,137 @@ def load_weights(net, params: dict, path, lora_only: bool = False) -> None:
     if missing:
         raise CheckpointError(f"{path} lacks {len(missing)} model parameter(s), e.g. {missing[:3]}")
     ms.load_param_into_net(net, {n: params[n] for n in wanted}, strict_load=False)
+
+
+def network_of(info: ckpt.CheckpointInfo):
+    """A network holding a verified checkpoint's weights: full weights, or a LoRA adapter over its base."""
+    from .model import GPT2LMHeadModel, LoraConfig, apply_lora
+
+    net = GPT2LMHeadModel(config_of(info))
+    if info.kind == "lora_adapter":
+        base = base_of(info)
+        load_weights(net, full_weights(base), base.path)
+        apply_lora(net, LoraConfig(**info.manifest["lora_config"]))
+        load_weights(net, read_params(info.path), info.path, lora_only=True)
+    else:
+        load_weights(net, full_weights(info), info.path)
+    return net
+
+
+def tokenizer_file(info: ckpt.CheckpointInfo, dataset) -> Path | None:
+    """The tokenizer file a checkpoint's weights were trained with, checked against its manifest's sha256;
+    None (with a warning: eval_dataset's token ids are used as they are) when the manifest records none."""
+    if not info.manifest.get("tokenizer"):
+        logging.getLogger("mftasks").warning(
+            "checkpoint %s records no tokenizer (%s): cannot check that eval_dataset %s was tokenized with "
+            "the tokenizer its weights were trained with", info.path, origin(info), dataset)
+        return None
+    tokenizer = Path(info.manifest["tokenizer"]["path"])
+    if not tokenizer.is_file() or sha256_file(tokenizer) != info.manifest["tokenizer"]["sha256"]:
+        raise CheckpointError(f"{info.path}: its tokenizer {tokenizer} is missing or changed (sha256 differs "
+                              "from the manifest)")
+    return tokenizer
+
+
+def check_tokenizer_fits(info: ckpt.CheckpointInfo, manifest: dict, dataset, stage: str, what: str) -> None:
+    """DataError when train_dataset was tokenized with another tokenizer than checkpoint `info` (`what` it is
+    to the run): its weights were trained on other token ids.  A checkpoint that records none is warned of."""
+    problem = tokenizer_problem(info, manifest, dataset, "train_dataset")
+    if problem:
+        raise DataError(f"{stage} refused before step 1: train_dataset does not fit {what}:\n  - {problem}")
+    if not info.manifest.get("tokenizer"):
+        logging.getLogger("mftasks").warning(
+            "checkpoint %s records no tokenizer (%s): cannot check that train_dataset %s was tokenized with "
+            "the tokenizer its weights were trained with; the new checkpoints record the dataset's",
+            info.path, origin(info), dataset)
+
+
+def model_problems(model) -> list[str]:
+    """Why `model` (Trainer's argument) is not a preset name, a preset dict, a GPT2Config or a GPT2LMHeadModel."""
+    from .model import PRESETS, GPT2Config, GPT2LMHeadModel
+
+    if isinstance(model, str) and model not in PRESETS:
+        return [f"model={model!r} is not a known model; valid: {', '.join(PRESETS)}"]
+    if isinstance(model, dict) and model.get("model_type", "gpt2") not in PRESETS:
+        return [f"model_type={model.get('model_type')!r} is not a known model; valid: {', '.join(PRESETS)}"]
+    if not isinstance(model, (str, dict, GPT2Config, GPT2LMHeadModel)):
+        return [f"model={type(model).__name__} must be a model name, a GPT2Config or a GPT2LMHeadModel"]
+    return []
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The model a Trainer was given (`str | dict | GPT2Config | GPT2LMHeadModel`), resolved once."""
+
+    name: str | None = None
+    """A preset: its config is built for each dataset's vocabulary."""
+    overrides: dict = field(default_factory=dict)
+    """The preset's fields a dict overrode."""
+    given_config: object = None
+    """A GPT2Config used as it is: its vocabulary must fit the dataset."""
+    network: object = None
+    """A GPT2LMHeadModel trained as it is (its config is its `.config`)."""
+
+    @classmethod
+    def of(cls, model) -> ModelChoice:
+        """`model` after `model_problems` found none."""
+        from .model import GPT2LMHeadModel
+
+        if isinstance(model, str):
+            return cls(name=model)
+        if isinstance(model, dict):
+            return cls(name=model.get("model_type", "gpt2"),
+                       overrides={k: v for k, v in model.items() if k != "model_type"})
+        if isinstance(model, GPT2LMHeadModel):
+            return cls(network=model)
+        return cls(given_config=model)
+
+    def config(self, vocab_size: int):
+        """The config: a preset's with `vocab_size`, else the given one as it is."""
+        from .model import GPT2Config
+
+        if self.name is not None:
+            return GPT2Config.from_name(self.name, vocab_size=vocab_size, **self.overrides)
+        return self.network.config if self.network is not None else self.given_config
+
+    def config_for(self, manifest: dict, where: str):
+        """The model config for a dataset: vocabulary from its tokenizer, seq_length checked against it."""
+        vocab, seq = manifest["tokenizer"]["vocab_size"], manifest["seq_length"]
+        cfg = self.config(vocab)
+        if self.name is None and cfg.vocab_size != vocab:
+            raise ConfigError(f"the model's vocab_size is {cfg.vocab_size} but {where} was tokenized with "
+                              f"vocab_size {vocab}; use a model config with vocab_size={vocab}", where="Trainer")
+        if cfg.seq_length != seq:
+            raise ConfigError(f"model {cfg.name} has seq_length {cfg.seq_length} but {where} was prepared with "
+                              f"--seq-length {seq}; prepare the data with --seq-length {cfg.seq_length} "
+                              f"or use a model with seq_length {seq}", where="Trainer")
+        return cfg
+
+    def check_matches(self, info: ckpt.CheckpointInfo) -> None:
+        """The checkpoint's model must be this one (the vocabulary may differ)."""
+        cfg = config_of(info)
+        want = self.config(cfg.vocab_size)
+        diff = [f"{f} {getattr(cfg, f)} (checkpoint) vs {getattr(want, f)} (model={want.name})"
+                for f in SHAPE_FIELDS if getattr(cfg, f) != getattr(want, f)]
+        if diff:
+            raise CheckpointError(f"{info.path} holds a model of another shape: " + "; ".join(diff)
+                                  + "; pass the matching model or another checkpoint")
+
+
+def restore_training_state(step_cell, info: ckpt.CheckpointInfo) -> int:
+    """Load a checkpoint a run resumes into its train step cell (weights and optimizer state); its global_step.
+
+    The LR schedule is rebuilt from this run's arguments (a resumed run may train longer); its position is
+    global_step, which is restored."""
+    import mindspore as ms
+
+    params = read_params(info.path)
+    params.pop("learning_rate", None)
+    check_shapes(step_cell, params, info.path)
+    missing, _ = ms.load_param_into_net(step_cell, params, strict_load=False)
+    missing = [m for m in missing if m != "learning_rate"
+               and (m in {p.name for p in step_cell.trainable_params()} or "adam" in m)]
+    if missing:
+        raise CheckpointError(f"{info.path} lacks {len(missing)} parameter(s) of this run "
+                              f"(e.g. {missing[:3]}); it was written by another kind of run")
+    return int(info.global_step)

@@ -11,6 +11,7 @@ import pytest
 
 from mftasks import Trainer, TrainingArguments
 from mftasks import checkpoint as ckpt
+from mftasks import weights
 from mftasks.errors import ConfigError
 
 TINY = {"model_type": "gpt2_tiny", "dropout": 0.0, "attention_dropout": 0.0}
@@ -94,7 +95,7 @@ def test_evaluate_is_token_weighted_mean(trained, tiny_dataset):
     trainer = Trainer(model=TINY, args=_args(out, batch_size=3), eval_dataset=tiny_dataset)
     metrics = trainer.evaluate(eval_checkpoint=str(first))
     assert set(metrics) == {"loss", "PPL"} and metrics["PPL"] == pytest.approx(math.exp(metrics["loss"]))
-    net, _, _ = trainer._inference_model(str(first), None)
+    net = weights.network_of(ckpt.load_verified(first))  # the weights evaluate() used
     net.set_train(False)
     cell = GPT2EvalLoss(net)
     per_sample = [float(cell(ids, mask)[0].asnumpy()) / 64 for ids, mask in

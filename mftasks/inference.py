@@ -1,0 +1,81 @@
+"""Evaluate and predict with a network whose weights are loaded (the Trainer's `evaluate` and `predict`).
+
+    eval_loss(net, folder, batch_size, info)      token-weighted loss and PPL over a dataset's eval split
+    texts_of(input_data)                          predict's input as a list of strings, or ConfigError
+    continue_texts(net, sp, texts, ...)           [{'text_generation_text': [prompt + continuation]}, ...]
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+from . import data as datasets
+from . import weights
+from .distributed import all_reduce_sum, rank_and_world
+from .errors import ConfigError
+
+DEFAULT_MAX_NEW_TOKENS = 32
+
+
+def eval_loss(net, folder: str, batch_size: int, info) -> dict:
+    """{'loss', 'PPL'} over the whole eval split of dataset `folder` (checked to fit the net and checkpoint
+    `info`), as a token-weighted mean: loss = sum of token losses / number of tokens, PPL = exp(loss)."""
+    from .model import GPT2EvalLoss
+
+    manifest = datasets.read_manifest(folder)
+    weights.check_compatible(net.config, manifest, folder, info)
+    rank, world = rank_and_world()
+    was_training = net.training
+    net.set_train(False)
+    cell = GPT2EvalLoss(net)
+    cell.set_train(False)
+    total_loss, total_tokens = 0.0, 0.0
+    n = manifest["splits"]["eval"]["samples"]
+    try:
+        data = datasets.load(folder, min(batch_size, max(n // world, 1)), shuffle=False, rank=rank,
+                             world_size=world, split="eval", drop_remainder=False)
+        for ids, mask in data.create_tuple_iterator(num_epochs=1):
+            s, c = cell(ids, mask)
+            total_loss += float(s.asnumpy())
+            total_tokens += float(c.asnumpy())
+    finally:
+        net.set_train(was_training)
+    if world > 1:
+        total_loss, total_tokens = all_reduce_sum([total_loss, total_tokens])
+    loss = total_loss / max(total_tokens, 1.0)
+    logging.getLogger("mftasks").info("evaluate: %d tokens, loss %.4f, PPL %.3f", int(total_tokens), loss,
+                                      math.exp(min(loss, 700)))
+    return {"loss": loss, "PPL": math.exp(min(loss, 700))}
+
+
+def texts_of(input_data) -> list[str]:
+    """predict's input_data (a string or a non-empty list of strings) as a list."""
+    texts = [input_data] if isinstance(input_data, str) else input_data
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise ConfigError(f"input_data={input_data!r} must be a string or a non-empty list of strings",
+                          where="Trainer.predict")
+    return texts
+
+
+def continue_texts(net, sp, texts: list[str], max_length: int | None, max_new_tokens: int | None,
+                   **sampling) -> list[dict]:
+    """Each text encoded with tokenizer `sp` and continued by `generate` (`sampling`: its do_sample, top_k,
+    top_p, temperature, repetition_penalty, seed).  max_length counts the prompt; max_new_tokens wins."""
+    from .model import generate
+
+    context = net.config.seq_length
+    prompts = [sp.encode(t) or [sp.eos_id()] for t in texts]
+    problems = []
+    for t, p in zip(texts, prompts):
+        if len(p) >= context:
+            problems.append(f"input {t[:40]!r}... is {len(p)} tokens; the model's context is {context} "
+                            "tokens and at least one must be left for generation: shorten the input")
+    if max_new_tokens is None:
+        max_new_tokens = (max_length - max(map(len, prompts))) if max_length else DEFAULT_MAX_NEW_TOKENS
+    if max_new_tokens < 1:
+        problems.append(f"max_length={max_length} leaves no room for new tokens after the longest input "
+                        f"({max(map(len, prompts))} tokens); raise it or use max_new_tokens")
+    ConfigError.raise_if(problems, where="Trainer.predict")
+    new = generate(net, prompts, max_new_tokens=max_new_tokens, eos_id=sp.eos_id(), pad_id=max(sp.pad_id(), 0),
+                   **sampling)
+    return [{"text_generation_text": [sp.decode(p + n)]} for p, n in zip(prompts, new)]
