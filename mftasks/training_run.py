@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import checkpoint as ckpt
 from . import data as datasets
@@ -13,6 +14,9 @@ from . import weights
 from .distributed import rank_and_world
 from .errors import ConfigError, DataError
 from .files import sha256_file
+
+if TYPE_CHECKING:
+    from .model import GPT2Config
 
 
 @dataclass
@@ -36,8 +40,8 @@ class Run:
     """'train', 'finetune' or 'lora': names its checkpoints (checkpoint.PREFIX)."""
     rank: int
     world: int
-    config: object
-    """The model's GPT2Config (vocabulary from the dataset's tokenizer)."""
+    config: GPT2Config
+    """The model's shape (vocabulary from the dataset's tokenizer)."""
     dataset: str
     manifest: dict
     """The dataset's manifest."""
@@ -49,9 +53,9 @@ class Run:
     """The weights it starts from (finetune: a full checkpoint; train: train_checkpoint or None)."""
     resume_from: ckpt.CheckpointInfo | None
     """The checkpoint it resumes (weights, optimizer state, global step), or None."""
-    replaces: list = field(default_factory=list)
+    replaces: list[ckpt.CheckpointInfo] = field(default_factory=list)
     """The old run's checkpoints that overwrite_output_dir removes once every check passed."""
-    leftovers: list = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)
     """Resuming: files a killed attempt left under names this run will write (problem lines)."""
     lineage: dict | None = None
     """Dataset, tokenizer (copied into output_dir) and parent, recorded in every checkpoint's manifest;

@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import checkpoint as ckpt
 from .errors import CheckpointError, ConfigError, DataError
 from .files import sha256_file
+
+if TYPE_CHECKING:
+    from .model import GPT2Config, GPT2LMHeadModel
 
 SHAPE_FIELDS = ("n_layer", "n_embd", "n_head", "seq_length", "vocab_size")
 
@@ -134,7 +138,7 @@ def load_weights(net, params: dict, path, lora_only: bool = False) -> None:
     ms.load_param_into_net(net, {n: params[n] for n in wanted}, strict_load=False)
 
 
-def network_of(info: ckpt.CheckpointInfo):
+def network_of(info: ckpt.CheckpointInfo) -> GPT2LMHeadModel:
     """A network holding a verified checkpoint's weights: full weights, or a LoRA adapter over its base."""
     from .model import GPT2LMHeadModel, LoraConfig, apply_lora
 
@@ -198,9 +202,9 @@ class ModelChoice:
     """A preset: its config is built for each dataset's vocabulary."""
     overrides: dict = field(default_factory=dict)
     """The preset's fields a dict overrode."""
-    given_config: object = None
+    given_config: GPT2Config | None = None
     """A GPT2Config used as it is: its vocabulary must fit the dataset."""
-    network: object = None
+    network: GPT2LMHeadModel | None = None
     """A GPT2LMHeadModel trained as it is (its config is its `.config`)."""
 
     @classmethod
@@ -217,7 +221,7 @@ class ModelChoice:
             return cls(network=model)
         return cls(given_config=model)
 
-    def config(self, vocab_size: int):
+    def config(self, vocab_size: int) -> GPT2Config:
         """The config: a preset's with `vocab_size`, else the given one as it is."""
         from .model import GPT2Config
 
@@ -225,7 +229,7 @@ class ModelChoice:
             return GPT2Config.from_name(self.name, vocab_size=vocab_size, **self.overrides)
         return self.network.config if self.network is not None else self.given_config
 
-    def config_for(self, manifest: dict, where: str):
+    def config_for(self, manifest: dict, where: str) -> GPT2Config:
         """The model config for a dataset: vocabulary from its tokenizer, seq_length checked against it."""
         vocab, seq = manifest["tokenizer"]["vocab_size"], manifest["seq_length"]
         cfg = self.config(vocab)
