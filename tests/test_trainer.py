@@ -188,3 +188,17 @@ def test_training_again_without_resume_is_refused(trained, tiny_dataset):
 def test_yaml_args(tmp_path, tiny_dataset):
     t = Trainer(model="gpt2_tiny", args="configs/gpt2/run_gpt2_tiny.yaml", train_dataset=tiny_dataset)
     assert t.args.max_steps == 4 and t.args.batch_size == 2
+
+
+def test_trainer_reads_in_one_sitting():
+    """trainer.py stays short, and no other module reaches into it for a private name (issue 12)."""
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    assert len((repo / "mftasks" / "trainer.py").read_text(encoding="utf-8").splitlines()) < 350
+    private = re.compile(r"trainer import [^\n]*\b_[a-z]|\btrainer\._[a-z]")
+    found = [f"{p.relative_to(repo)}: {m.group(0)}" for d in ("mftasks", "flows", "tests", "bench", "examples")
+             for p in sorted((repo / d).rglob("*.py")) if p != Path(__file__).resolve()
+             for m in private.finditer(p.read_text(encoding="utf-8"))]
+    assert found == []
