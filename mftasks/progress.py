@@ -31,7 +31,10 @@ def setup_logging(output_dir: str | Path, rank: int) -> logging.Logger:
                for h in logger.handlers):
         for h in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
             logger.removeHandler(h)
-            h.close()
+            try:
+                h.close()
+            except OSError:  # an earlier run's log on a disk that has since filled: not this run's log
+                pass
         fh = logging.FileHandler(path, encoding="utf-8")
         fh.setFormatter(logging.Formatter(f"%(asctime)s rank {rank} %(levelname)s %(name)s: %(message)s"))
         logger.addHandler(fh)
