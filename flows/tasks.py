@@ -132,19 +132,13 @@ def launch_ranks(spec: StageSpec, work_dir: str) -> dict:
     except StageFailed as exc:
         log.error("stage %s failed (%s%s): %s", spec.name, exc.result.failure_class.value,
                   ", will retry" if exc.retryable else ", not retryable", exc.result.root_cause.describe())
-        _rank_table_artifact(spec.name, [_row(r, o, exc.result) for r, o in sorted(exc.result.ranks.items())])
+        _rank_table_artifact(spec.name, exc.result.rank_rows())
         raise
     finally:
         if progress:
             progress.stop()
     _rank_table_artifact(spec.name, result.ranks)
     return result.to_dict()
-
-
-def _row(rank, outcome, result) -> dict:
-    from mftasks.stage import _rank_row
-
-    return _rank_row(rank, outcome, result)
 
 
 def _rank_table_artifact(stage: str, rows: list[dict]) -> None:

@@ -183,7 +183,7 @@ def run_stage(spec: StageSpec, work_dir: str | Path, attempt: int = 0, on_line=N
                              env={"GLOG_v": os.environ.get("GLOG_v", "3")})
     started = time.time()
     result = launch(launch_spec, on_line=on_line, on_start=lambda pids: _record_pids(folder / "pids.json", pids, str(config_path.resolve())))
-    ranks = [_rank_row(rank, outcome, result) for rank, outcome in sorted(result.ranks.items())]
+    ranks = result.rank_rows()
     if not result.ok:
         raise StageFailed(spec.name, result)
     if spec.node_rank != 0:  # global rank 0 (on node 0) writes the result
@@ -208,13 +208,6 @@ def _wait_port_free(host: str, port: int, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while port_problems(host, port) and time.monotonic() < deadline:
         time.sleep(0.25)
-
-
-def _rank_row(rank, outcome, result) -> dict:
-    cause = result.root_cause
-    return {"rank": rank, "host": os.uname().nodename, "pid": outcome.pid, "exit": outcome.status,
-            "last_step": outcome.last_step, "log": outcome.log_path,
-            "failure_class": cause.failure_class.value if cause is not None and cause.rank == rank else "-"}
 
 
 def _record_pids(path: Path, pids: list[int], marker: str) -> None:

@@ -226,6 +226,16 @@ class LaunchResult:
         rc = self.root_cause
         return rc.ranks if rc is not None and rc.failure_class is FailureClass.HANG else ()
 
+    def rank_rows(self, host: str | None = None) -> list[dict]:
+        """The per-rank table, by rank: host, pid, exit, last step, log, and the failure class on the
+        root cause's rank ("-" on the others); host defaults to this machine's name."""
+        host = os.uname().nodename if host is None else host
+        cause = self.root_cause
+        return [{"rank": rank, "host": host, "pid": o.pid, "exit": o.status, "last_step": o.last_step,
+                 "log": o.log_path,
+                 "failure_class": cause.failure_class.value if cause is not None and cause.rank == rank else "-"}
+                for rank, o in sorted(self.ranks.items())]
+
     def raise_for_failure(self) -> "LaunchResult":
         """Return self when ok, else raise GangFailedError (with .retryable)."""
         if not self.ok:
