@@ -8,7 +8,6 @@ project (the worker's working directory): no absolute paths, no '..', no shell m
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated, Literal
@@ -17,8 +16,8 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from mftasks import report
-from mftasks.files import atomic_write_bytes, atomic_write_json, disk_full_as_error
+from mftasks import history, report, scoring
+from mftasks.lineage import Lineage
 from mftasks.model import PRESETS
 from mftasks.stage import StageSpec
 
@@ -111,83 +110,31 @@ def finetune_gpt2(corpus_dir: RelPath = "demo/corpus", work_dir: RelPath = "demo
         r = tasks.launch_ranks(StageSpec(name=f"eval_{label}", run_mode="eval", output_dir=str(run_dir / "eval"),
                                          eval_dataset=data["output"], load_checkpoint=ckpt, **common), str(run_dir))
         evals[label] = r["result"]
-    prompts = _check_prompts(corpus["checks"], predict_count)
+    checks = scoring.read_checks(corpus["checks"], predict_count)
     predictions = []
-    if prompts:
+    if checks:
         p = tasks.launch_ranks(StageSpec(name="predict", run_mode="predict", output_dir=str(run_dir / "predict"),
-                                         load_checkpoint=merged, predict_data=[q["prompt"] for q in prompts],
+                                         load_checkpoint=merged, predict_data=[q["prompt"] for q in checks],
                                          max_new_tokens=8, **{**common, "nproc": 1}), str(run_dir))
-        for q, out in zip(prompts, p["result"]):
-            text = out["text_generation_text"][0]
-            predictions.append({"prompt": q["prompt"], "expected": q["answer"], "output": text,
-                                "correct": text[len(q["prompt"]):].strip().startswith(q["answer"])})
+        predictions = scoring.score(checks, p["result"])
 
-    metrics = {"pretrain_base_PPL": evals["pretrain_base"]["PPL"], "finetune_base_PPL": evals["finetune_base"]["PPL"],
-               "finetune_merged_PPL": evals["finetune_merged"]["PPL"],
-               "finetune_merged_loss": evals["finetune_merged"]["loss"],
-               "train_final_loss": train["result"]["final_loss"], "lora_final_loss": lora["result"]["final_loss"]}
-    history = Path(work_dir) / "history.jsonl"
-    previous = _last_history(history, model_type)
-    rows = report.metrics_with_deltas(metrics, previous)
-    loss = {stage: [(r["step"], r["loss"]) for r in report.read_metrics(Path(out) / "log" / "rank_0" / "metrics.jsonl",
-                                                                        stage)]
-            for stage, out in (("train", train_out), ("lora", lora_out))}
-    lineage = [
-        {"artifact": "tokenizer", "id": pre["tokenizer"], "from": "pretraining corpus"},
-        {"artifact": "dataset (pretrain)", "id": pre["dataset_id"][:16], "from": corpus["pretrain"]},
-        {"artifact": "dataset (finetune)", "id": fin["dataset_id"][:16], "from": corpus["finetune"]},
-        {"artifact": "checkpoint (train)", "id": train["result"]["checkpoint"], "from": "dataset (pretrain)"},
-        {"artifact": "base model", "id": base, "from": "checkpoint (train), merged replicas"},
-        {"artifact": "adapter (LoRA)", "id": lora["result"]["checkpoint"], "from": "base model + dataset (finetune)"},
-        {"artifact": "merged model", "id": merged, "from": "base model + adapter"},
-        {"artifact": "eval", "id": f"PPL {metrics['finetune_merged_PPL']:.2f}", "from": "merged model"},
-    ]
-    tasks.publish_artifacts(rows, loss, lineage, predictions)
-    _append_history(history, {"flow_run": flow_run.get_id(), "model_type": model_type, "time": time.time(),
-                              **metrics})
+    metrics = history.run_metrics(evals, train["result"], lora["result"])
+    history_file = Path(work_dir) / "history.jsonl"
+    previous = history.last_run(history_file, model_type)
+    lineage = Lineage(tokenizer=pre["tokenizer"], pretrain_corpus=corpus["pretrain"],
+                      finetune_corpus=corpus["finetune"], pretrain_dataset_id=pre["dataset_id"],
+                      finetune_dataset_id=fin["dataset_id"], train_checkpoint=train["result"]["checkpoint"],
+                      base_model=base, adapter=lora["result"]["checkpoint"], merged_model=merged,
+                      merged_ppl=metrics["finetune_merged_PPL"])
+    tasks.publish_artifacts(report.metrics_with_deltas(metrics, previous),
+                            report.loss_series({"train": train_out, "lora": lora_out}), lineage.rows(), predictions)
+    history.append_run(history_file, {"flow_run": flow_run.get_id(), "model_type": model_type, "time": time.time(),
+                                      **metrics})
     summary = {"run_dir": str(run_dir), "metrics": metrics, "previous": previous, "predictions": predictions,
                "merged_model": merged, "seconds": round(time.time() - started, 1),
                "stages": {"train": train["seconds"], "lora": lora["seconds"]}}
-    write_json(run_dir / "summary.json", summary, "the run summary")
+    report.write_json(run_dir / "summary.json", summary, "the run summary")
     log.info("finetune-gpt2 done in %.0fs: finetune-domain PPL %.2f -> %.2f", summary["seconds"],
              metrics["finetune_base_PPL"], metrics["finetune_merged_PPL"])
     return summary
 
-
-def _check_prompts(path: str, count: int) -> list[dict]:
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return []
-    return [json.loads(l) for l in lines[:count]]
-
-
-def _last_history(path: Path, model_type: str) -> dict | None:
-    try:
-        rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
-    except (OSError, json.JSONDecodeError):
-        return None
-    rows = [r for r in rows if r.get("model_type") == model_type]
-    return rows[-1] if rows else None
-
-
-def _append_history(path: Path, row: dict) -> None:
-    append_jsonl(path, row, "the metrics history")
-
-
-def write_json(path: Path, obj, what: str) -> None:
-    """A report file, written atomically; a full disk ends in a DiskFullError naming the path."""
-    with disk_full_as_error(path, what):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, obj)
-
-
-def append_jsonl(path: Path, row: dict, what: str) -> None:
-    """One more line in a small JSONL history, written atomically (a full disk leaves the old file whole,
-    never a cut line), with a DiskFullError naming the path."""
-    with disk_full_as_error(path, what):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        old = path.read_bytes() if path.is_file() else b""
-        if old and not old.endswith(b"\n"):
-            old += b"\n"
-        atomic_write_bytes(path, old + (json.dumps(row) + "\n").encode())

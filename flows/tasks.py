@@ -14,7 +14,7 @@ from prefect.artifacts import (create_image_artifact, create_markdown_artifact, 
                                create_table_artifact, update_progress_artifact)
 from prefect.runtime import task_run
 
-from mftasks import report
+from mftasks import regression, report
 from mftasks.data import PrepareSpec, demo_corpus, plan, prepare, verify
 from mftasks.stage import StageFailed, StageSpec, run_stage
 
@@ -211,3 +211,7 @@ def publish_artifacts(metrics_rows: list[dict], loss: dict[str, list[tuple[int, 
     create_markdown_artifact(markdown="## Lineage\n\n" + report.markdown_table(lineage), key="lineage",
                              description="tokenizer → dataset → checkpoint → adapter → merged model → eval")
     create_table_artifact(table=predictions, key="predictions", description="predictions of the merged model")
+
+
+def publish_nightly(model: str | Path, metrics_rows: list[dict], problems: list[str]) -> None:
+    create_markdown_artifact(key="nightly-eval", markdown=regression.markdown(model, metrics_rows, problems))

@@ -1,4 +1,5 @@
-"""Plain renderings of run results (no Prefect): loss curve as SVG, markdown tables.
+"""Plain renderings of run results (no Prefect): loss curve as SVG, markdown tables, and the report
+files written beside them (a run summary, a JSONL metrics history).
 
 The Prefect layer turns these into UI artifacts; the command line prints them.
 """
@@ -8,6 +9,8 @@ import base64
 import json
 import math
 from pathlib import Path
+
+from .files import atomic_write_bytes, atomic_write_json, disk_full_as_error
 
 
 def read_metrics(path: str | Path, stage: str | None = None) -> list[dict]:
@@ -25,6 +28,33 @@ def read_metrics(path: str | Path, stage: str | None = None) -> list[dict]:
         if stage is None or row.get("stage") == stage:
             rows.append(row)
     return rows
+
+
+def loss_series(outputs: dict[str, str | Path]) -> dict[str, list[tuple[int, float]]]:
+    """(step, loss) of each training stage, from rank 0's metrics.jsonl under the stage's output folder;
+    the stage name is the series name and the metrics' stage label (train, lora)."""
+    return {stage: [(r["step"], r["loss"]) for r in read_metrics(Path(out) / "log" / "rank_0" / "metrics.jsonl", stage)]
+            for stage, out in outputs.items()}
+
+
+def write_json(path: str | Path, obj, what: str) -> None:
+    """A report file, written atomically; a full disk ends in a DiskFullError naming the path."""
+    path = Path(path)
+    with disk_full_as_error(path, what):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, obj)
+
+
+def append_jsonl(path: str | Path, row: dict, what: str) -> None:
+    """One more line in a small JSONL history, written atomically (a full disk leaves the old file whole,
+    never a cut line), with a DiskFullError naming the path."""
+    path = Path(path)
+    with disk_full_as_error(path, what):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        old = path.read_bytes() if path.is_file() else b""
+        if old and not old.endswith(b"\n"):
+            old += b"\n"
+        atomic_write_bytes(path, old + (json.dumps(row) + "\n").encode())
 
 
 def loss_curve_svg(series: dict[str, list[tuple[int, float]]], width: int = 640, height: int = 320) -> str:
