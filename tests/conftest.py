@@ -147,16 +147,27 @@ def local_stack(tmp_path_factory):
         yield stack
 
 
-@pytest.fixture(scope="session")
-def work_dir():
-    """Deployment parameters are project-relative paths: work inside build/ (git-ignored)."""
+@contextlib.contextmanager
+def demo_work(prefix: str, keep: bool = False):
+    """A fresh work folder build/<prefix>-XXXXXXXX (git-ignored) holding the demo corpus in corpus/, as a
+    project-relative path (deployment parameters are project-relative paths); removed at the end unless `keep`."""
     import shutil
     import uuid
 
-    rel = Path("build") / f"e2e-{uuid.uuid4().hex[:8]}"
+    rel = Path("build") / f"{prefix}-{uuid.uuid4().hex[:8]}"
     demo_corpus.build(REPO / rel / "corpus", max_bytes=150_000, qa_pairs=2500, checks=8)
-    yield rel
-    shutil.rmtree(REPO / rel, ignore_errors=True)
+    try:
+        yield rel
+    finally:
+        if not keep:
+            shutil.rmtree(REPO / rel, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def work_dir():
+    """One work folder inside build/ for the end-to-end runs (see demo_work)."""
+    with demo_work("e2e") as rel:
+        yield rel
 
 
 @pytest.fixture(scope="session")

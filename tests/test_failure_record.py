@@ -7,7 +7,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,13 +17,9 @@ from mftasks.errors import CheckpointError, ConfigError, DataError, DeviceError,
 from mftasks.launcher import FailureClass, LaunchSpec, launch
 from mftasks.launcher.record import ERROR_FILE_ENV, failure_record, read_record, record, verdict
 
+from conftest import free_port
+
 RANKS = Path(__file__).parent / "fixtures" / "ranks"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_gang(tmp_path, kind, who=1, n=2, **kw):

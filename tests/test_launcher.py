@@ -19,6 +19,9 @@ from mftasks.launcher import (FailureClass, LaunchResult, LaunchSpec, LaunchSpec
                               add_commands, classify, launch, parse_device_range)
 from mftasks.launcher.env import rank_vars, scheduler_vars
 from mftasks.launcher.gang import Gang
+from mftasks.process import alive
+
+from conftest import free_port
 
 RANKS = Path(__file__).parent / "fixtures" / "ranks"
 OWNED = {"MS_ROLE", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_WORKER_NUM", "MS_NODE_ID", "RANK_ID", "RANK_SIZE",
@@ -27,12 +30,6 @@ OWNED = {"MS_ROLE", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_WORKER_NUM", "MS_NODE_
 
 def prog(script: str, *args) -> list[str]:
     return ["python", str(RANKS / script), *map(str, args)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def spec(tmp_path, program, n=2, **kw) -> LaunchSpec:
@@ -54,16 +51,6 @@ def write_table(path: Path, servers: list[list[int]]) -> Path:
     path.write_text(json.dumps({"version": "1.0", "server_count": str(len(servers)), "server_list": server_list,
                                 "status": "completed"}, indent=4))
     return path
-
-
-def alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2:].split()[0] not in (b"Z", b"X")
 
 
 def wait_for(predicate, timeout=10.0):

@@ -21,7 +21,6 @@ import socket
 import subprocess
 import tempfile
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -29,10 +28,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from mftasks import checkpoint as ckpt
 from mftasks import stack as st
-from mftasks.data import demo_corpus
+from mftasks.process import alive
+from mftasks.progress import log_dir
+from mftasks.report import read_metrics
 
-from conftest import free_port, running_stack
+from conftest import demo_work, free_port, running_stack
 
 REPO = Path(__file__).resolve().parents[2]
 NPROC = 2
@@ -77,11 +79,8 @@ def fault_stack(tmp_path_factory):
 def fault_work():
     """Deployment parameters are project-relative paths: one work folder under build/ (git-ignored)
     shared by every fault run, so the datasets are prepared once and cached after."""
-    rel = Path("build") / f"faults-{uuid.uuid4().hex[:8]}"
-    demo_corpus.build(REPO / rel / "corpus", max_bytes=150_000, qa_pairs=2500, checks=8)
-    yield rel
-    if not os.environ.get("MFTASKS_FAULTS_KEEP"):
-        shutil.rmtree(REPO / rel, ignore_errors=True)
+    with demo_work("faults", keep=bool(os.environ.get("MFTASKS_FAULTS_KEEP"))) as rel:
+        yield rel
 
 
 @pytest.fixture(scope="module")
@@ -175,35 +174,18 @@ class Run:
 
     def heartbeat(self, stage: str, rank: int) -> dict | None:
         try:
-            return json.loads((self.out(stage) / "log" / f"rank_{rank}" / "heartbeat.json").read_text())
+            return json.loads((log_dir(self.out(stage), rank) / "heartbeat.json").read_text())
         except (OSError, ValueError):
             return None
 
     def metrics(self, stage: str, rank: int = 0) -> list[dict]:
-        path = self.out(stage) / "log" / f"rank_{rank}" / "metrics.jsonl"
-        try:
-            lines = path.read_text().splitlines()
-        except OSError:
-            return []
-        rows = []
-        for line in lines:
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                pass  # a line being written
-        return rows
+        """Rank `rank`'s metrics.jsonl rows, read as the report does (a line being written is skipped)."""
+        return read_metrics(log_dir(self.out(stage), rank) / "metrics.jsonl")
 
-    def checkpoints(self, stage: str, rank: int) -> list[Path]:
-        """Committed checkpoints of a rank (with a manifest), by global step."""
-        folder = self.out(stage) / "checkpoint" / f"rank_{rank}"
-        found = []
-        for m in folder.glob("*.manifest.json"):
-            try:
-                found.append((json.loads(m.read_text())["global_step"],
-                              m.with_name(m.name.removesuffix(".manifest.json") + ".ckpt")))
-            except (OSError, ValueError, KeyError):
-                pass
-        return [p for _, p in sorted(found)]
+    def checkpoint(self, stage: str, rank: int, step: int) -> ckpt.CheckpointInfo | None:
+        """Rank `rank`'s committed checkpoint (its manifest written) of global step `step`, if any."""
+        found = [i for i in ckpt.listing(ckpt.rank_dir(self.out(stage), rank)) if i.global_step == step]
+        return found[-1] if found else None
 
     def rank_log(self, stage: str, rank: int, attempt: int = 0) -> str:
         folder = self.stage(stage) / "log"
@@ -255,15 +237,6 @@ def api(stack: st.Stack, method: str, path: str, attempts: int = 20, **kw):
 
 
 # ---------------------------------------------------------------------------------------------- processes
-def alive(pid: int) -> bool:
-    """Alive and not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(") ", 1)[1][0] not in "ZX"
-    except (OSError, IndexError):
-        return False
-
-
 def kill(pid: int, sig: int) -> float:
     """Send sig and return the wall time it was sent."""
     t = time.time()

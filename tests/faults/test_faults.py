@@ -31,7 +31,9 @@ import pytest
 from mftasks import checkpoint as ckpt
 from mftasks import stack as st
 
-from .conftest import (BASE_PARAMS, NPROC, REPO, RUN_TIMEOUT, STARTED, Recovery, Run, alive, api, detect_time,
+from mftasks.process import alive
+
+from .conftest import (BASE_PARAMS, NPROC, REPO, RUN_TIMEOUT, STARTED, Recovery, Run, api, detect_time,
                        fill_to, flow_run_of, follow_recovery, kill, kill_leftovers, load_weights, mount_tmpfs,
                        stage_failures, tmpfs_unavailable, unmount)
 
@@ -60,14 +62,6 @@ def truncate(path: Path) -> int:
     return size
 
 
-def manifest_of(run: Run, stage: str, rank: int, step: int) -> dict | None:
-    for m in (run.out(stage) / "checkpoint" / f"rank_{rank}").glob(f"*_{step}.manifest.json"):
-        try:
-            body = json.loads(m.read_text())
-        except (OSError, ValueError):
-            continue
-        if body.get("global_step") == step:
-            return body
     return None
 
 
@@ -182,10 +176,9 @@ def scenario_rank_faults(stack, work, report) -> dict:
     step = (rec1.resume_step // SAVE + 1) * SAVE
     new1 = ev["new1"]
     run.wait_for(f"the step-{step} checkpoint of the retry on every rank",
-                 lambda: all((m := manifest_of(run, "train", r, step)) and m["created"] >= new1["time"]
+                 lambda: all((c := run.checkpoint("train", r, step)) and c.manifest["created"] >= new1["time"]
                              for r in range(NPROC)), 300, poll=0.02)
-    files = [run.out("train") / "checkpoint" / f"rank_{r}" / manifest_of(run, "train", r, step)["file"]
-             for r in range(NPROC)]
+    files = [run.checkpoint("train", r, step).path for r in range(NPROC)]
     for f in files:
         truncate(f)
     pid = run.heartbeat("train", 1)["pid"]
@@ -193,7 +186,7 @@ def scenario_rank_faults(stack, work, report) -> dict:
     rec4 = Recovery(f"newest checkpoint (step {step}) truncated + rank 1 SIGKILL", "train",
                     kill(pid, signal.SIGKILL))
     ev["truncated"], ev["truncated_step"] = files, step
-    ev["newer_at_kill"] = [s for s in (step + SAVE,) if any(manifest_of(run, "train", r, s) for r in range(NPROC))]
+    ev["newer_at_kill"] = [s for s in (step + SAVE,) if any(run.checkpoint("train", r, s) for r in range(NPROC))]
     ev["new2"] = follow_recovery(run, "train", new1, rec4)
 
     # fault 2: rank 1 of the LoRA stage SIGSTOPped: a hang
@@ -281,7 +274,7 @@ def _disk_full(run: Run, point: Path, filler: Path, ev: dict, report) -> dict:
     records = [run.stage("train") / "log" / f"rank_{r}" / "error.json" for r in range(NPROC)]
 
     def failed():  # a rank's error record is written as its exception leaves it
-        if all(manifest_of(run, "train", r, 2 * SAVE) for r in range(NPROC)):
+        if all(run.checkpoint("train", r, 2 * SAVE) for r in range(NPROC)):
             raise AssertionError(f"the step-{2 * SAVE} checkpoints fit on every rank: the tmpfs budget "
                                  f"{ev['budget']} is wrong")
         times = [p.stat().st_mtime for p in records if p.exists()]
