@@ -10,7 +10,6 @@ Which checkpoint a run starts from or resumes is chosen here too: `named_or_newe
 """
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -99,12 +98,7 @@ def save(cell, output_dir: str | Path, rank: int, prefix: str, epoch: int, step_
     try:
         with disk_full_as_error(final, what, needed):
             tmp = staged / final.name
-            try:
-                ms.save_checkpoint(cell, str(tmp), choice_func=choice_func)
-            except Exception as exc:  # the safetensors writer has its own error type; .ckpt raises OSError
-                if "No space left on device" in str(exc) or "os error 28" in str(exc):
-                    raise OSError(errno.ENOSPC, str(exc)) from exc
-                raise
+            ms.save_checkpoint(cell, str(tmp), choice_func=choice_func)
             fsync_path(tmp)
             os.replace(tmp, final)
             fsync_path(folder)

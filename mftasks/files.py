@@ -53,12 +53,13 @@ def fsync_tree(root: str | os.PathLike) -> None:
         fsync_path(dirpath)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write data to path via a temporary file in the same folder, fsynced, then renamed."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, what: str | None = None) -> None:
+    """Write data to path via a temporary file in the same folder, fsynced, then renamed; a full disk is a
+    DiskFullError naming `what` (default: the file's name) and the path, with no temporary left."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
-        with disk_full_as_error(path, f"{path.name}", len(data)):
+        with disk_full_as_error(path, what or path.name, len(data)):
             with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
@@ -70,10 +71,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     fsync_path(path.parent)
 
 
-def atomic_write_json(path: str | os.PathLike, obj) -> None:
+def atomic_write_json(path: str | os.PathLike, obj, what: str | None = None) -> None:
     """Write obj as indented JSON (sorted keys) atomically."""
     text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8"), what)
 
 
 def copy_durable(src: str | os.PathLike, dst: str | os.PathLike) -> None:
@@ -190,6 +191,8 @@ def is_disk_full(exc: BaseException, path: str | os.PathLike | None = None, need
     free (MindSpore's writers report a full disk as a RuntimeError with no errno)."""
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
+    if "No space left on device" in str(exc) or "os error 28" in str(exc):
+        return True  # writers with their own error types (safetensors' SafetensorError: "... (os error 28)")
     if path is not None and isinstance(exc, (OSError, RuntimeError)):
         try:
             return free_bytes(path) < max(needed, 1 << 16)
@@ -206,7 +209,7 @@ def disk_full_as_error(path: str | os.PathLike, what: str, needed: int = 0):
         yield
     except DiskFullError:
         raise
-    except (OSError, RuntimeError) as exc:
+    except Exception as exc:
         if not is_disk_full(exc, path, needed):
             raise
         try:

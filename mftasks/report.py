@@ -42,7 +42,7 @@ def write_json(path: str | Path, obj, what: str) -> None:
     path = Path(path)
     with disk_full_as_error(path, what):
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, obj)
+    atomic_write_json(path, obj, what)
 
 
 def append_jsonl(path: str | Path, row: dict, what: str) -> None:
@@ -51,10 +51,10 @@ def append_jsonl(path: str | Path, row: dict, what: str) -> None:
     path = Path(path)
     with disk_full_as_error(path, what):
         path.parent.mkdir(parents=True, exist_ok=True)
-        old = path.read_bytes() if path.is_file() else b""
-        if old and not old.endswith(b"\n"):
-            old += b"\n"
-        atomic_write_bytes(path, old + (json.dumps(row) + "\n").encode())
+    old = path.read_bytes() if path.is_file() else b""
+    if old and not old.endswith(b"\n"):
+        old += b"\n"
+    atomic_write_bytes(path, old + (json.dumps(row) + "\n").encode(), what)
 
 
 def loss_curve_svg(series: dict[str, list[tuple[int, float]]], width: int = 640, height: int = 320) -> str:

@@ -21,7 +21,7 @@ import yaml
 from . import checkpoint as ckpt
 from . import process
 from .errors import ConfigError, MftasksError
-from .files import atomic_write_bytes, atomic_write_json, disk_full_as_error
+from .files import atomic_write_bytes, atomic_write_json
 from .run_config import RUN_MODES
 
 
@@ -159,8 +159,8 @@ def run_stage(spec: StageSpec, work_dir: str | Path, attempt: int = 0, on_line=N
     attempt = _free_attempt(folder / "log", attempt)  # a flow-run retry restarts run_count: never reuse logs
     resume = resume_point(spec)
     config_path = folder / "run.yaml"
-    with disk_full_as_error(config_path, f"the run config of stage {spec.name}"):
-        atomic_write_bytes(config_path, yaml.safe_dump(spec.run_config(resume), sort_keys=False).encode())
+    atomic_write_bytes(config_path, yaml.safe_dump(spec.run_config(resume), sort_keys=False).encode(),
+                       f"the run config of stage {spec.name}")
     load_run_config(config_path)  # bad config: a clear error now, before any process starts
     result_file = folder / f"result-attempt{attempt}.json"
     result_file.unlink(missing_ok=True)
@@ -168,8 +168,8 @@ def run_stage(spec: StageSpec, work_dir: str | Path, attempt: int = 0, on_line=N
             "--result_file", str(result_file.resolve())]
     if spec.run_mode == "predict":  # prompts are data: a file the rank reads, never argv it parses
         prompts_file = folder / "prompts.json"
-        with disk_full_as_error(prompts_file, f"the prompts of stage {spec.name}"):
-            atomic_write_bytes(prompts_file, json.dumps(list(spec.predict_data), ensure_ascii=False).encode())
+        atomic_write_bytes(prompts_file, json.dumps(list(spec.predict_data), ensure_ascii=False).encode(),
+                           f"the prompts of stage {spec.name}")
         argv += ["--predict_file", str(prompts_file.resolve())]
     # One rank needs no cluster: skip the scheduler's start-up and shut-down (seconds per stage).
     mode = "standalone" if spec.world_size == 1 else "dynamic-cluster"

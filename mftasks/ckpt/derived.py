@@ -16,7 +16,6 @@ import errno
 import os
 import shutil
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -90,20 +89,6 @@ def estimate(weights: dict) -> int:
     return total
 
 
-@contextmanager
-def disk_full(path: str | Path, what: str, needed: int = 0):
-    """mftasks.files.disk_full_as_error, also for the safetensors writer's own error type (MindSpore's
-    safetensors save raises `SafetensorError: ... No space left on device (os error 28)`)."""
-    with disk_full_as_error(path, what, needed):
-        try:
-            yield
-        except Exception as exc:
-            text = str(exc)
-            if type(exc).__name__ == "SafetensorError" and ("os error 28" in text or "No space left" in text):
-                raise OSError(errno.ENOSPC, text) from exc
-            raise
-
-
 def publish(out_path: str | Path, write: Callable[[Path], str | None], manifest: dict | None,
             needed: int | None = None) -> ckpt.CheckpointInfo:
     """Run `write(tmp)`, fsync, link tmp to out_path (never replacing), then write the manifest.
@@ -117,7 +102,7 @@ def publish(out_path: str | Path, write: Callable[[Path], str | None], manifest:
     out_path = Path(out_path)
     check_free(out_path)
     what = f"checkpoint {out_path.name}"
-    with disk_full(out_path, what, needed or 0):
+    with disk_full_as_error(out_path, what, needed or 0):
         out_path.parent.mkdir(parents=True, exist_ok=True)
     if needed is not None:
         require_space(out_path.parent, needed + (MANIFEST_ROOM if manifest is not None else 0), what)
@@ -125,7 +110,7 @@ def publish(out_path: str | Path, write: Callable[[Path], str | None], manifest:
     tmp = staged / out_path.name
     linked = False
     try:
-        with disk_full(out_path, what, needed or 0):
+        with disk_full_as_error(out_path, what, needed or 0):
             sha = write(tmp)
             os.chmod(tmp, 0o400)  # read-only, as MindSpore creates checkpoints
             fsync_path(tmp)

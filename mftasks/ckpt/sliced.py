@@ -19,8 +19,9 @@ from pathlib import Path
 
 from .. import checkpoint as ckpt
 from ..errors import CheckpointError, ConfigError, OutputExistsError
-from ..files import atomic_write_json, fsync_tree, remove_stale_temporaries, require_space, sha256_file, staging_dir
-from .derived import disk_full, estimate, lineage, output_problems, prepare_output, publish
+from ..files import (atomic_write_json, disk_full_as_error, fsync_tree, remove_stale_temporaries, require_space,
+                     sha256_file, staging_dir)
+from .derived import estimate, lineage, output_problems, prepare_output, publish
 from .formats import is_model_weight, load_weights, save_weights, shape_problems
 from .strategy import Layout, device_count, read_strategy
 
@@ -100,12 +101,12 @@ def transform(rank_files, src_strategy, dst_strategy, out_dir: str | Path) -> Pa
     world = device_count(dst_layouts) if dst_layouts else 1
     needed = sum(f.stat().st_size for f in files)  # the same entries, re-sliced: about the sources' size
     what = f"the transformed checkpoint {out_dir}"
-    with disk_full(out_dir, what, needed):
+    with disk_full_as_error(out_dir, what, needed):
         out_dir.parent.mkdir(parents=True, exist_ok=True)
     require_space(out_dir.parent, needed, what)
     staged = staging_dir(out_dir)
     try:
-        with disk_full(out_dir, what, needed):
+        with disk_full_as_error(out_dir, what, needed):
             src = _single_strategy(src_strategy, staged / "src-strategy")
             dst = _single_strategy(dst_strategy, staged / "dst-strategy") if dst_strategy is not None else None
             record = {"files": sources["refs"], "src_strategy": _refs(src_strategy),
