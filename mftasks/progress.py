@@ -97,8 +97,12 @@ class StepReporter:
     def heartbeat(self, step: int, now: float | None = None) -> None:
         now = now or time.time()
         tmp = self.heartbeat_path.with_name(f".heartbeat.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"step": step, "time": now, "pid": os.getpid(), "stage": self.stage}))
-        os.replace(tmp, self.heartbeat_path)
+        try:
+            tmp.write_text(json.dumps({"step": step, "time": now, "pid": os.getpid(), "stage": self.stage}))
+            os.replace(tmp, self.heartbeat_path)
+        except OSError:  # a full disk: no temporary outlives the failed write
+            tmp.unlink(missing_ok=True)
+            raise
         self._last_beat = now
 
     def close(self) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +24,7 @@ from . import output_dir as out_dir
 from .checkpoint import PREFIX
 from .context import ParallelConfig
 from .distributed import rank_and_world
-from .errors import ConfigError, DataError, DiskFullError
+from .errors import ConfigError, DataError
 from .files import disk_full_as_error, remove_stale_temporaries
 from .training_args import TrainingArguments
 from .training_run import Run, TrainResult
@@ -221,10 +220,6 @@ class Trainer:
                             last = self._save(run, step_cell, net, step, loss_value)
                     if do_eval and self._eval_due(step, in_epoch == per_epoch, per_epoch):
                         self._eval_during_training(net, log)
-        except DiskFullError:
-            # the heartbeat's temporary (written beside heartbeat.json) must not outlive a failed write
-            (logs / f".heartbeat.tmp-{os.getpid()}").unlink(missing_ok=True)
-            raise
         finally:
             try:
                 reporter.close()

@@ -84,13 +84,6 @@ def final_exception(lines: list[str]) -> str | None:
     return None
 
 
-def exception_name(line: str | None) -> str | None:
-    if not line:
-        return None
-    m = _EXC_LINE.match(line.strip())
-    return m.group(1) if m else None
-
-
 def record_exception(record: dict[str, Any]) -> str:
     """"ValueError: message" from a record (the short class name, as Python prints it)."""
     name = record["exception_type"].rsplit(".", 1)[-1]

@@ -28,12 +28,13 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .errors import LaunchSpecError
+from .record import ERROR_FILE_ENV
 
 MODES = ("dynamic-cluster", "rank-table", "standalone")
 
 # Variables the launcher sets per rank; `spec.env` may not override them.
 OWNED_ENV = ("MS_ROLE", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_WORKER_NUM", "MS_NODE_ID", "RANK_ID",
-             "RANK_SIZE", "LOCAL_RANK", "DEVICE_ID", "RANK_TABLE_FILE", "MFTASKS_ERROR_FILE")
+             "RANK_SIZE", "LOCAL_RANK", "DEVICE_ID", "RANK_TABLE_FILE", ERROR_FILE_ENV)
 
 _RANGE = re.compile(r"^\s*\[?\s*(\d+)\s*,\s*(\d+)\s*[\])]?\s*$")
 
