@@ -74,6 +74,18 @@ def tiny_finetune_dataset(tmp_path_factory, tiny_dataset) -> Path:
     return out
 
 
+def train_base_and_adapter(out: Path, dataset: Path, finetune_dataset: Path) -> Path:
+    """Into `out`: a 2-step gpt2_tiny train run (checkpoint at step 2) and a 1-step LoRA adapter on it, rank 0."""
+    from mftasks import Trainer, TrainingArguments
+
+    model = {"model_type": "gpt2_tiny", "dropout": 0.0, "attention_dropout": 0.0}
+    args = dict(output_dir=str(out), batch_size=4, max_steps=2, save_steps=2, seed=7)
+    Trainer(model=model, args=TrainingArguments(**args), train_dataset=dataset).train()
+    Trainer(model=model, pet_method="lora", args=TrainingArguments(**dict(args, max_steps=1, save_steps=1)),
+            train_dataset=finetune_dataset).finetune()
+    return out
+
+
 def small_pretrain(root: Path, corpus_dir: Path, tokenizer: Path, approx_samples: int) -> Path:
     """A pretraining set of roughly `approx_samples` train samples of 65 tokens (for runs of ~N steps)."""
     text = (corpus_dir / "a.txt").read_text(encoding="utf-8")

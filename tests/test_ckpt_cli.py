@@ -11,14 +11,13 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from mftasks import Trainer, TrainingArguments
+from conftest import train_base_and_adapter
 from mftasks import checkpoint as ckpt
 from mftasks.ckpt import hf_gpt2_table, load_weights, write_strategy
 from mftasks.ckpt.cli import add_commands
 from mftasks.errors import CheckpointError, MftasksError, OutputExistsError
 from mftasks.model import GPT2Config
 
-TINY = {"model_type": "gpt2_tiny", "dropout": 0.0, "attention_dropout": 0.0}
 
 
 def run(*argv: str) -> int:
@@ -31,11 +30,7 @@ def run(*argv: str) -> int:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_dataset, tiny_finetune_dataset) -> Path:
     """Two data-parallel-style ranks of a 2-step train run, and a 1-step LoRA adapter on rank 0."""
-    out = tmp_path_factory.mktemp("ckpt_cli") / "output"
-    args = dict(output_dir=str(out), batch_size=4, max_steps=2, save_steps=2, seed=7)
-    Trainer(model=TINY, args=TrainingArguments(**args), train_dataset=tiny_dataset).train()
-    Trainer(model=TINY, pet_method="lora", args=TrainingArguments(**dict(args, max_steps=1, save_steps=1)),
-            train_dataset=tiny_finetune_dataset).finetune()
+    out = train_base_and_adapter(tmp_path_factory.mktemp("ckpt_cli") / "output", tiny_dataset, tiny_finetune_dataset)
     rank0 = ckpt.rank_dir(out, 0) / "mindformers_rank_0-1_2.ckpt"
     body = dict(ckpt.read_manifest(rank0), world_size=2)
     ckpt.manifest_path_of(rank0).write_text(json.dumps(body))

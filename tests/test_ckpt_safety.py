@@ -23,7 +23,9 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from mftasks import Trainer, TrainingArguments
+from conftest import train_base_and_adapter
+
+from mftasks import Trainer
 from mftasks import checkpoint as ckpt
 from mftasks.ckpt import load_weights, merge_sliced, transform, write_strategy
 from mftasks.cli import main
@@ -38,12 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_dataset, tiny_finetune_dataset) -> Path:
     """A 2-step train run (checkpoint at step 2) and a 1-step LoRA adapter on it, rank 0."""
-    out = tmp_path_factory.mktemp("ckpt_safety") / "output"
-    args = dict(output_dir=str(out), batch_size=4, max_steps=2, save_steps=2, seed=7)
-    Trainer(model=TINY, args=TrainingArguments(**args), train_dataset=tiny_dataset).train()
-    Trainer(model=TINY, pet_method="lora", args=TrainingArguments(**dict(args, max_steps=1, save_steps=1)),
-            train_dataset=tiny_finetune_dataset).finetune()
-    return out
+    return train_base_and_adapter(tmp_path_factory.mktemp("ckpt_safety") / "output", tiny_dataset,
+                                  tiny_finetune_dataset)
 
 
 def base_of(out: Path) -> Path:
