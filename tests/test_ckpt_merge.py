@@ -120,17 +120,22 @@ def test_set_of_reports_ranks_from_different_steps(out):
         set_of(out, global_step=2, prefix="mindformers")
 
 
+
+def _flip_byte(path, from_end: int, mask: int) -> None:
+    """Change one byte of a (read-only) checkpoint in place, `from_end` bytes before its end."""
+    os.chmod(path, 0o600)
+    with open(path, "r+b") as f:
+        f.seek(-from_end, os.SEEK_END)
+        byte = f.read(1)
+        f.seek(-from_end, os.SEEK_END)
+        f.write(bytes([byte[0] ^ mask]))
+
 def test_set_of_reports_truncated_and_changed_files(out):
     replicate(out, 2)
     truncated, changed = rank_file(out, 1, 4), rank_file(out, 0, 4)
     os.chmod(truncated, 0o600)
     os.truncate(truncated, truncated.stat().st_size - 100)
-    os.chmod(changed, 0o600)
-    with open(changed, "r+b") as f:
-        f.seek(-20, os.SEEK_END)
-        byte = f.read(1)
-        f.seek(-20, os.SEEK_END)
-        f.write(bytes([byte[0] ^ 0xFF]))
+    _flip_byte(changed, from_end=20, mask=0xFF)
     with pytest.raises(CheckpointError) as err:
         set_of(out, global_step=4, prefix="mindformers")
     msg = str(err.value)
@@ -213,12 +218,7 @@ def test_a_changed_rank_0_is_caught_while_merging(out, tmp_path, layout):
         target = merge_replicas(out, tmp_path / "ok.ckpt", prefix="mindformers")
         assert sha256_file(target) == ckpt.read_manifest(rank_file(out, 0, 4))["sha256"]  # rank 0's bytes
     victim = rank_file(out, 0, 4)
-    os.chmod(victim, 0o600)
-    with open(victim, "r+b") as f:
-        f.seek(-9, os.SEEK_END)
-        byte = f.read(1)
-        f.seek(-9, os.SEEK_END)
-        f.write(bytes([byte[0] ^ 0x01]))
+    _flip_byte(victim, from_end=9, mask=0x01)
     with pytest.raises(CheckpointError, match=f"{victim.name}: sha256 does not match its manifest"):
         merge_replicas(out, tmp_path / "m" / "bad.ckpt", prefix="mindformers")
     assert list((tmp_path / "m").iterdir()) == []
