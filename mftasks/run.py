@@ -5,6 +5,9 @@
     mftasks run --config ... --run_mode eval --eval_dataset DATA
     mftasks run --config ... --run_mode predict --predict_data "hello!"
     mftasks run --config ... --run_mode predict --predict_file prompts.json   (a JSON list of strings)
+    mftasks run --config ... --run_mode predict --predict_data input.txt --predict_batch_size 4
+
+Predict results are printed and written to output_dir/text_generation_result.txt (MindFormers' file).
 
 Programs that start `mftasks run` (the pipeline's stages) pass prompts with `--predict_file`: a prompt
 is data, so one that reads like an option (`--result_file=/x`) stays a prompt.  `--predict_data` is
@@ -38,6 +41,8 @@ def add_arguments(p) -> None:
     inputs.add_argument("--predict_data", nargs="+", help="input text(s) for predict")
     inputs.add_argument("--predict_file", metavar="FILE",
                         help="input texts for predict as a JSON list of strings (how programs pass prompts)")
+    p.add_argument("--predict_batch_size", type=int, metavar="N",
+                   help="predict N inputs at a time (default: all at once); the results do not depend on it")
     p.add_argument("--pet_method", help="'' (full) or lora")
     p.add_argument("--model_type", help="model preset, e.g. gpt2, gpt2_tiny")
     p.add_argument("--load_checkpoint", help="checkpoint file or folder to start from / evaluate / predict with")
@@ -66,7 +71,7 @@ def config_from_args(args) -> RunConfig:
     return load_run_config(args.config, overrides)
 
 
-def predict_inputs(args, run_mode: str) -> list[str] | None:
+def predict_inputs(args, run_mode: str) -> list[str] | str | None:
     """The input texts of a predict run (--predict_data or --predict_file); a ConfigError, before anything
     starts, when predict has none or they are given to another run mode."""
     where = "mftasks run"
@@ -89,10 +94,12 @@ def predict_inputs(args, run_mode: str) -> list[str] | None:
     if not texts:
         raise ConfigError("run_mode predict needs input texts: --predict_data TEXT [TEXT ...] or "
                           "--predict_file FILE (a JSON list of strings)", where=where)
+    if path is None and len(texts) == 1 and Path(texts[0]).is_file():
+        return texts[0]  # MindFormers' `--predict_data input.txt`: the Trainer reads one prompt a line
     return list(texts)
 
 
-def run(rc: RunConfig, predict_data: list[str] | None = None):
+def run(rc: RunConfig, predict_data: list[str] | str | None = None, predict_batch_size: int | None = None):
     """Initialise MindSpore from the config, build the Trainer and run the configured mode."""
     from .trainer import Trainer
 
@@ -119,7 +126,7 @@ def run(rc: RunConfig, predict_data: list[str] | None = None):
     if not predict_data:
         raise ConfigError("run_mode predict needs input texts (a non-empty list of strings)", where="mftasks run")
     return trainer.predict(input_data=predict_data, predict_checkpoint=rc.load_checkpoint,
-                           **rc.predict)
+                           batch_size=predict_batch_size, **rc.predict)
 
 
 @record  # this rank's failure record for the launcher (MFTASKS_ERROR_FILE): see mftasks/launcher/record.py
@@ -128,7 +135,7 @@ def main(args) -> int:
     # into this rank's log.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     rc = config_from_args(args)
-    result = run(rc, predict_inputs(args, rc.run_mode))
+    result = run(rc, predict_inputs(args, rc.run_mode), getattr(args, "predict_batch_size", None))
     if rc.run_mode in ("eval", "predict"):
         print(result)
     if args.result_file:

@@ -124,20 +124,27 @@ class Trainer:
     def predict(self, input_data=None, predict_checkpoint=None, max_length: int | None = None,
                 max_new_tokens: int | None = None, do_sample: bool = False, top_k: int = 0, top_p: float = 1.0,
                 temperature: float = 1.0, repetition_penalty: float = 1.0, seed: int | None = None,
-                **kwargs) -> list[dict]:
-        """Continue each input text: [{'text_generation_text': [prompt + continuation]}, ...].
+                batch_size: int | None = None, **kwargs) -> list[dict]:
+        """Continue each input text: [{'text_generation_text': [prompt + continuation]}, ...], also written
+        to output_dir/text_generation_result.txt (MindFormers' file, one result a line; rank 0 writes it).
 
+        input_data: a string, a list of strings, or the path of a text file with one prompt a line.
         Without predict_checkpoint the newest verified checkpoint under output_dir is used (an adapter is
         loaded over its base), with the tokenizer its manifest names.  max_length counts the prompt
         (MindFormers' meaning); max_new_tokens counts only new tokens and wins when both are given
-        (default: 32 new tokens).  An input that leaves no room in the context is an error, never cut.
+        (default: 32 new tokens).  batch_size inputs are generated at a time (None: all at once).  An input
+        that leaves no room in the context is an error, never cut.
         """
         _no_extra(kwargs, "predict")
         texts = inference.texts_of(input_data)
         net, _, sp = self._inference_model(predict_checkpoint, None)
-        return inference.continue_texts(net, sp, texts, max_length, max_new_tokens, do_sample=do_sample, top_k=top_k,
-                                        top_p=top_p, temperature=temperature, repetition_penalty=repetition_penalty,
-                                        seed=self.args.seed if seed is None else seed)
+        results = inference.continue_texts(net, sp, texts, max_length, max_new_tokens, batch_size, do_sample=do_sample,
+                                           top_k=top_k, top_p=top_p, temperature=temperature,
+                                           repetition_penalty=repetition_penalty,
+                                           seed=self.args.seed if seed is None else seed)
+        if rank_and_world()[0] == 0:
+            inference.write_results(self.args.output_dir, results)
+        return results
 
     # ------------------------------------------------------------------------------------------ training
     def _fit(self, stage: str, start: ckpt.CheckpointInfo | None, resume_training, do_eval) -> TrainResult:

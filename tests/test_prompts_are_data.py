@@ -115,3 +115,18 @@ def test_predict_data_with_another_run_mode_is_an_error(tmp_path):
                  "--predict_data", "hi", cwd=tmp_path)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "--predict_data is only used with run_mode predict (run_mode is eval)" in r.stderr, r.stderr
+
+
+def test_predict_data_naming_a_text_file_reads_one_prompt_a_line(tmp_path, checkpoint):
+    """MindFormers' `--predict_data input_predict_data.txt --predict_batch_size N`."""
+    lines = tmp_path / "input_predict_data.txt"
+    lines.write_text("Question: hi\nhello!\n--output_dir=/x\n")
+    out = tmp_path / "out"
+    r = _run_cli("--config", str(REPO / "configs/gpt2/run_gpt2_tiny.yaml"), "--run_mode", "predict",
+                 "--predict_data", str(lines), "--predict_batch_size", "2", "--load_checkpoint", str(checkpoint),
+                 "--output_dir", str(out), "--result_file", str(tmp_path / "r.json"), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    results = json.loads((tmp_path / "r.json").read_text())["result"]
+    assert [x["text_generation_text"][0].split("\n")[0][:len(p)] for x, p in
+            zip(results, ["Question: hi", "hello!", "--output_dir=/x"])] == ["Question: hi", "hello!", "--output_dir=/x"]
+    assert (out / "text_generation_result.txt").read_text().splitlines() == [str(x) for x in results]

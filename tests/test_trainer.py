@@ -125,6 +125,32 @@ def test_predict_uses_newest_checkpoint_and_mindformers_shape(trained):
     assert again == one  # greedy is deterministic
 
 
+def test_predict_from_a_text_file_in_batches_writes_mindformers_result_file(trained, tmp_path):
+    out, _ = trained
+    prompts = ["Question: What is 1 plus 2?\nAnswer:", "a", "hello!"]
+    lines = tmp_path / "input_predict_data.txt"
+    lines.write_text(prompts[0].replace("\n", " ") + "\n\n" + "\n".join(prompts[1:]) + "\n")  # a blank line
+    t = Trainer(model=TINY, args=_args(out))
+    from_file = t.predict(input_data=str(lines), max_new_tokens=4, batch_size=2)
+    texts = [prompts[0].replace("\n", " "), *prompts[1:]]
+    assert [r["text_generation_text"][0][:len(p)] for r, p in zip(from_file, texts)] == texts
+    written = (out / "text_generation_result.txt").read_text().splitlines()
+    assert written == [str(r) for r in from_file]  # MindFormers' format: one result a line
+    assert t.predict(input_data=texts, max_new_tokens=4, batch_size=1) == from_file  # greedy: batching changes nothing
+    assert t.predict(input_data=texts, max_new_tokens=4) == from_file
+
+
+def test_predict_refuses_an_empty_file_and_a_bad_batch_size(trained, tmp_path):
+    out, _ = trained
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    t = Trainer(model=TINY, args=_args(out))
+    with pytest.raises(ConfigError, match="holds no prompt"):
+        t.predict(input_data=str(empty))
+    with pytest.raises(ConfigError, match=r"batch_size=0 must be a positive integer"):
+        t.predict(input_data="hello!", batch_size=0)
+
+
 def test_predict_input_longer_than_context_is_an_error(trained):
     out, _ = trained
     with pytest.raises(ConfigError, match=r"is \d+ tokens; the model's context is 64 tokens"):
