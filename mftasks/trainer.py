@@ -55,13 +55,14 @@ class Trainer:
         except ConfigError as exc:
             problems.extend(exc.problems)
             self.args = None
-        for name, value in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+        roots = {}  # a split folder (DATA/train, the guide's way) stands for its dataset DATA
+        for name, value, split in (("train_dataset", train_dataset, "train"), ("eval_dataset", eval_dataset, "eval")):
             if value is not None and not isinstance(value, (str, Path)):
                 problems.append(f"{name} must be the path of a folder made by `mftasks data prepare`, "
                                 f"not {type(value).__name__}")
             elif value is not None:
                 try:
-                    datasets.read_manifest(value)
+                    roots[name] = str(datasets.dataset_root(value, split))
                 except DataError as exc:
                     problems.append(f"{name}: {exc}")
         if self.args is not None:
@@ -72,8 +73,7 @@ class Trainer:
         self.model = model
         self.choice = weights.ModelChoice.of(model)  # the model, resolved once
         self.pet_method = pet_method
-        self.train_dataset = str(train_dataset) if train_dataset is not None else None
-        self.eval_dataset = str(eval_dataset) if eval_dataset is not None else None
+        self.train_dataset, self.eval_dataset = roots.get("train_dataset"), roots.get("eval_dataset")
         self.parallel_config = ParallelConfig()
         self.log = logging.getLogger("mftasks.trainer")
 

@@ -65,16 +65,18 @@ def test_mftasks_run_reports_bad_config_and_starts_nothing(tmp_path):
 def test_mindformers_standalone_sample_runs_unchanged(tmp_path, corpus_dir, tiny_dataset, tiny_finetune_dataset):
     """MindFormers' standalone_task.py, only the import and device changed, in its four documented modes.
 
-    Its TrainingArguments use warmup_steps=100 and one epoch at batch 2: the data must give > 100 steps."""
+    Its TrainingArguments use warmup_steps=100 and one epoch at batch 2: the data must give > 100 steps.
+    Datasets are passed as the guide does: the split folders (`--train_dataset DATA/train --eval_dataset DATA/eval`)."""
     from conftest import small_pretrain
 
     pretrain = small_pretrain(tmp_path / "data", corpus_dir, tiny_dataset / "tokenizer.model", 240)
     sample = [sys.executable, str(REPO / "tests" / "fixtures" / "mindformers_standalone_task.py"),
               "--task", "text_generation", "--model_type", "gpt2_tiny"]
-    _run(sample + ["--train_dataset", str(pretrain), "--run_mode", "train"], tmp_path)
+    _run(sample + ["--train_dataset", str(pretrain / "train"), "--run_mode", "train"], tmp_path)
     assert list((tmp_path / "output" / "checkpoint" / "rank_0").glob("mindformers_rank_0-1_*.ckpt"))
-    _run(sample + ["--eval_dataset", str(pretrain), "--run_mode", "eval"], tmp_path)
-    _run(sample + ["--train_dataset", str(tiny_finetune_dataset), "--pet_method", "lora", "--run_mode", "finetune"],
+    _run(sample + ["--eval_dataset", str(pretrain / "eval"), "--run_mode", "eval"], tmp_path)
+    _run(sample + ["--train_dataset", str(tiny_finetune_dataset / "train"), "--pet_method", "lora", "--run_mode",
+                   "finetune"],
          tmp_path)
     out = _run(sample + ["--predict_data", "hello!", "--run_mode", "predict"], tmp_path)
     result = _last_literal(out)

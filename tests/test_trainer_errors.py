@@ -24,6 +24,20 @@ def test_dataset_folder_missing_or_not_prepared(tmp_path):
         Trainer(model="gpt2_tiny", eval_dataset=str(tmp_path))
 
 
+def test_split_folders_stand_for_their_dataset_and_a_swapped_split_is_named(tmp_path, tiny_dataset):
+    """The guide's `--train_dataset DATA/train --eval_dataset DATA/eval` (what `mftasks data prepare` made)."""
+    t = Trainer(model="gpt2_tiny", args={"output_dir": str(tmp_path)}, train_dataset=tiny_dataset / "train",
+                eval_dataset=tiny_dataset / "eval")
+    assert (t.train_dataset, t.eval_dataset) == (str(tiny_dataset), str(tiny_dataset))
+    with pytest.raises(ConfigError) as err:
+        Trainer(model="gpt2_tiny", train_dataset=tiny_dataset / "eval", eval_dataset=tiny_dataset / "train")
+    msg = str(err.value)
+    assert "2 problems" in msg
+    assert (f"train_dataset: {tiny_dataset / 'eval'} is the eval split of the dataset {tiny_dataset}, but the train "
+            f"split is read here: pass {tiny_dataset / 'train'} (or the dataset folder {tiny_dataset})") in msg
+    assert f"eval_dataset: {tiny_dataset / 'train'} is the train split of the dataset {tiny_dataset}" in msg
+
+
 def test_seq_length_mismatch_names_both(tmp_path, tiny_dataset):
     t = Trainer(model="gpt2", args={"output_dir": str(tmp_path)}, train_dataset=tiny_dataset)
     with pytest.raises(ConfigError, match=r"model gpt2 has seq_length 1024 but train_dataset .* --seq-length 64"):

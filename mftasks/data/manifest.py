@@ -41,6 +41,23 @@ def read(folder: str | Path) -> dict:
     return manifest
 
 
+def root_of(folder: str | Path, split: str) -> Path:
+    """The prepared dataset that `folder` names for reading its `split`: the folder itself when it holds the
+    manifest, or its parent when `folder` is that dataset's `split` folder (MindFormers' way:
+    `--train_dataset DATA/train --eval_dataset DATA/eval`).  DataError when it is neither, or when it is
+    the other split's folder."""
+    folder = Path(folder)
+    parent = folder.parent
+    if folder.name not in SPLITS or (folder / MANIFEST).is_file() or not (parent / MANIFEST).is_file():
+        read(folder)
+        return folder
+    read(parent)
+    if folder.name != split:
+        raise DataError(f"{folder} is the {folder.name} split of the dataset {parent}, but the {split} split is "
+                        f"read here: pass {parent / split} (or the dataset folder {parent})")
+    return parent
+
+
 def is_dataset(folder: str | Path) -> bool:
     """True when folder holds an mftasks manifest (verified or not)."""
     try:
