@@ -15,6 +15,7 @@ from mftasks.model import (
     next_token,
     sample,
 )
+from tiny_model import mindspore_mode, tiny_config
 
 ms.set_device("CPU")
 PROMPTS = [[5, 6, 7], [1, 2, 3, 4, 5, 6, 7, 8, 9], [42]]
@@ -24,28 +25,22 @@ N_NEW = 8
 @pytest.fixture(autouse=True)
 def graph_mode():
     """GRAPH mode, as in production: a few compiles (~1 s each), then fast steps; PyNative is checked once."""
-    old = ms.get_context("mode")
-    ms.set_context(mode=ms.GRAPH_MODE)
-    yield
-    ms.set_context(mode=old)
+    with mindspore_mode(ms.GRAPH_MODE):
+        yield
 
 
 @pytest.fixture(scope="module")
 def model() -> GPT2LMHeadModel:
     # A large init makes an untrained model's greedy output varied (with 0.02 it repeats the last token).
     ms.set_seed(0)
-    return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2, seq_length=32, vocab_size=100,
-                                      initializer_range=0.5))
+    return GPT2LMHeadModel(tiny_config(initializer_range=0.5))
 
 
 @pytest.fixture(scope="module")
 def batched(model) -> list[list[int]]:
     """Greedy continuations of PROMPTS, batched, with the cache, in GRAPH mode."""
-    old = ms.get_context("mode")
-    ms.set_context(mode=ms.GRAPH_MODE)
-    out = generate(model, PROMPTS, N_NEW, eos_id=None)
-    ms.set_context(mode=old)
-    return out
+    with mindspore_mode(ms.GRAPH_MODE):
+        return generate(model, PROMPTS, N_NEW, eos_id=None)
 
 
 # ---------------------------------------------------------------------------------------------- samplers

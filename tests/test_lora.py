@@ -21,23 +21,18 @@ from mftasks.model import (
     merge_lora_weights,
     num_parameters,
 )
+from tiny_model import mindspore_mode, tiny_config
 
 ms.set_device("CPU")
 C, N_LAYER = 64, 2
 
 
-def tiny_config(**overrides) -> GPT2Config:
-    fields = dict(n_layer=N_LAYER, n_embd=C, n_head=2, seq_length=32, vocab_size=100, dropout=0.0,
-                  attention_dropout=0.0)
-    return GPT2Config(**{**fields, **overrides})
 
 
 @pytest.fixture(autouse=True)
 def pynative():
-    old = ms.get_context("mode")
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    yield
-    ms.set_context(mode=old)
+    with mindspore_mode(ms.PYNATIVE_MODE):
+        yield
 
 
 def lora_model(targets=("q", "v"), rank=4, seed=0, random_b=True) -> GPT2LMHeadModel:

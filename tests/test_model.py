@@ -19,21 +19,17 @@ from mftasks.model import (
     KVCache,
     num_parameters,
 )
+from tiny_model import mindspore_mode, tiny_config
 
 ms.set_device("CPU")
 
 
-def tiny_config(**overrides) -> GPT2Config:
-    fields = dict(n_layer=2, n_embd=64, n_head=2, seq_length=32, vocab_size=100, dropout=0.0, attention_dropout=0.0)
-    return GPT2Config(**{**fields, **overrides})
 
 
 @pytest.fixture(autouse=True)
 def pynative():
-    old = ms.get_context("mode")
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    yield
-    ms.set_context(mode=old)
+    with mindspore_mode(ms.PYNATIVE_MODE):
+        yield
 
 
 @pytest.fixture(scope="module")
