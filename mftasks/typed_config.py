@@ -1,15 +1,18 @@
 """Typed configuration: the one base every config of the library is built on.
 
-`TypedConfig` is the base of the frozen config dataclasses (`TrainingArguments`, `ContextConfig`,
-`ParallelContextConfig`, `ParallelConfig`, `RunConfig`): each field is checked against its annotation, then
-`_check(checks)` adds ranges and cross-field rules, and every problem is raised at once in one ConfigError.
-`from_dict` / `build` refuse unknown keys with a "did you mean" suggestion.
+`TypedConfig` is the base of the config dataclasses (`TrainingArguments`, `ContextConfig`,
+`ParallelContextConfig`, `ParallelConfig`, `RunConfig`, `GPT2Config`, `LaunchSpec`, `StageSpec`,
+`PrepareSpec`): each field is checked against its annotation, then `_check(checks)` adds ranges and
+cross-field rules, and every problem is raised at once in one ConfigError (or the class's own subclass of it).
+`problems()` gives the same list without raising, for specs that are checked again where they are used.
+`from_dict` / `build` refuse unknown keys with a "did you mean" suggestion and name missing required ones.
 
 `Key` and `check_section` do the same for a plain-dict section of a run file (`model`, `pet`, `predict`),
 whose keys come from a table (see `mftasks.run_config`).
 """
 from __future__ import annotations
 
+import collections.abc
 import copy
 import dataclasses
 import difflib
@@ -23,7 +26,7 @@ from mftasks.errors import ConfigError
 
 __all__ = [
     "Checks", "Key", "TypedConfig", "check_section", "dotted", "from_text", "plain", "type_name", "type_ok",
-    "unknown_key_problem", "wants_float",
+    "unknown_key_problem", "wants_float", "wants_tuple",
 ]
 
 
@@ -56,17 +59,27 @@ def type_ok(value: Any, hint: Any) -> bool:
     if origin in (list, tuple):
         (item, *_) = typing.get_args(hint) or (Any,)
         return isinstance(value, (list, tuple)) and all(type_ok(v, item) for v in value)
+    if origin is collections.abc.Sequence:
+        (item, *_) = typing.get_args(hint) or (Any,)
+        return isinstance(value, collections.abc.Sequence) and all(type_ok(v, item) for v in value)
     if origin is dict:
         return isinstance(value, dict)
+    if origin is collections.abc.Mapping:
+        return isinstance(value, Mapping)
     return isinstance(value, hint)
 
 
 def type_name(hint: Any) -> str:
-    """`hint` as a message writes it: `int or None`."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(type_name(a) for a in typing.get_args(hint))
+    """`hint` as a message writes it: `int or None`, `list[str]`."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(type_name(a) for a in args)
     if hint is type(None):
         return "None"
+    if hint is Ellipsis:
+        return "..."
+    if origin is not None and args:
+        return f"{origin.__name__}[{', '.join(type_name(a) for a in args)}]"
     return getattr(hint, "__name__", str(hint))
 
 
@@ -74,6 +87,12 @@ def wants_float(hint: Any) -> bool:
     """Whether an int given for `hint` should be stored as a float."""
     args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     return float in args and int not in args
+
+
+def wants_tuple(hint: Any) -> bool:
+    """Whether a list given for `hint` should be stored as a tuple (YAML and JSON have no tuples)."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return any(typing.get_origin(a) is tuple for a in args) and not any(typing.get_origin(a) is list for a in args)
 
 
 def from_text(value: Any, hint: Any) -> Any:
@@ -118,8 +137,12 @@ class Checks:
                 self.problems.append(f"{name}={value!r}: {requirement}")
 
     def problem(self, message: str) -> None:
-        """Record a cross-field problem; the message must start with a field name."""
+        """Record a cross-field problem; the message should start with a field name."""
         self.problems.append(message)
+
+    def extend(self, problems: Iterable[str]) -> None:
+        """Record the problems of a part checked elsewhere (a plain-dict section, a nested config)."""
+        self.problems.extend(problems)
 
     def set(self, name: str, value: Any) -> None:
         """Store a normalised value on the (frozen) dataclass."""
@@ -127,28 +150,55 @@ class Checks:
 
 
 class TypedConfig:
-    """Base for frozen config dataclasses: checks each field against its annotation, then calls
+    """Base for config dataclasses: checks each field against its annotation, then calls
     `_check(checks)` for ranges and cross-field rules, and raises one ConfigError with every
     problem. Problem messages start with the field name so callers can prefix a dotted path."""
 
     ALIASES: ClassVar[dict[str, str]] = {}
     """Accepted alternative key names in `from_dict` (alias -> field)."""
+    HAND_CHECKED: ClassVar[tuple[str, ...]] = ()
+    """Fields whose type `_check` checks itself, with a message that says more than the annotation could
+    (an argv given as one string, a LoRA target list given as one name); the annotation check skips them."""
+    ERROR: ClassVar[type[ConfigError]] = ConfigError
+    """What `__post_init__` raises: ConfigError or a subclass naming the failure mode (LaunchSpecError)."""
+    CHECK_ON_INIT: ClassVar[bool] = True
+    """False for a spec checked where it is used, together with what only that place can see (the
+    inputs on disk of `prepare`): call `problems()` there."""
 
     def __post_init__(self) -> None:
+        if self.CHECK_ON_INIT:
+            self.check()
+
+    def check(self) -> None:
+        """Raise one ERROR listing every problem of the current values, if there are any."""
+        problems = self.problems()
+        if problems:
+            raise self.ERROR(problems, self._where())
+
+    def problems(self) -> list[str]:
+        """Every problem of the current values (normalising them on the way, e.g. lists to tuples)."""
         hints = typing.get_type_hints(type(self))
         checks = Checks(self, set())
         for f in dataclasses.fields(self):
             value, hint = getattr(self, f.name), hints[f.name]
+            if f.name in self.HAND_CHECKED:
+                continue
             if not type_ok(value, hint):
                 checks.skip.add(f.name)
                 checks.problem(f"{f.name}={value!r}: expected {type_name(hint)}, got {type(value).__name__}")
             elif wants_float(hint) and isinstance(value, int):
                 checks.set(f.name, float(value))
+            elif wants_tuple(hint) and isinstance(value, list):
+                checks.set(f.name, tuple(value))
         self._check(checks)
-        ConfigError.raise_if(checks.problems, where=type(self).__name__)
+        return checks.problems
 
     def _check(self, c: Checks) -> None:
         """Range and cross-field checks; subclasses override."""
+
+    def _where(self) -> str:
+        """What the error names as the place of the problems; subclasses may say more (a stage's name)."""
+        return type(self).__name__
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -185,6 +235,10 @@ class TypedConfig:
                 problems.append(f"{dotted(path, name)}: set twice (as '{name}' and its alias); keep one")
             else:
                 kwargs[name] = from_text(value, hints[name])
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            return None, problems + [f"{path + ': ' if path else ''}missing required key(s) {', '.join(missing)}"]
         try:
             return cls(**kwargs), problems
         except ConfigError as e:

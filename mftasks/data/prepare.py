@@ -22,11 +22,13 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from .. import __version__
 from ..errors import ConfigError, DataError
 from ..files import (disk_full_as_error, fsync_tree, overlap_problems, publish_dir, remove_stale_staging,
                      replace_problems, sha256_file, sha256_json, staging_dir)
+from ..typed_config import Checks, TypedConfig
 from . import manifest as mf
 from . import packing, shards, sources
 from . import tokenizer as tok
@@ -38,18 +40,18 @@ MINDRECORD_FREE_BYTES = 10 << 20
 
 
 @dataclass
-class PrepareSpec:
+class PrepareSpec(TypedConfig):
     """Everything `prepare` needs; validated as a whole before any work starts."""
 
-    inputs: list[str]
+    inputs: list[str | os.PathLike]
     """Text files, folders (scanned recursively for `patterns`) or .jsonl files."""
-    output: str
+    output: str | os.PathLike
     """Dataset folder to create or update."""
     seq_length: int = 1024
     """Model context length; samples hold seq_length + 1 tokens."""
     vocab_size: int | None = None
     """Train a tokenizer of this many pieces (exclusive with `tokenizer`)."""
-    tokenizer: str | None = None
+    tokenizer: str | os.PathLike | None = None
     """Reuse this sentencepiece .model file (exclusive with `vocab_size`)."""
     tokenizer_type: str = "bpe"
     """bpe or unigram, when training a tokenizer."""
@@ -70,38 +72,39 @@ class PrepareSpec:
     force: bool = False
     """Replace an mftasks dataset of other inputs or parameters in `output` (never anything else)."""
 
-    def problems(self) -> list[str]:
-        p = []
-        if not self.output:
-            p.append("--output is required: the dataset folder to write")
-        if not isinstance(self.seq_length, int) or self.seq_length < 2:
-            p.append(f"--seq-length {self.seq_length!r} is too small: a sample needs at least 2 tokens to predict; "
-                     "use e.g. 128 or 1024")
-        elif self.seq_length > MAX_SEQ_LENGTH:
-            p.append(f"--seq-length {self.seq_length} is absurdly large (limit {MAX_SEQ_LENGTH}); "
-                     "use the model's context length, e.g. 1024 for gpt2")
+    CHECK_ON_INIT: ClassVar[bool] = False
+    """Checked by `prepare` / `plan`, together with the inputs, output and tokenizer on disk (one error for all)."""
+
+    def _check(self, c: Checks) -> None:
+        # Messages name the command-line flags: `mftasks data prepare` is where these are set.
+        if c.ok("output") and not self.output:
+            c.problem("--output is required: the dataset folder to write")
+        if c.ok("seq_length") and self.seq_length < 2:
+            c.problem(f"--seq-length {self.seq_length!r} is too small: a sample needs at least 2 tokens to predict; "
+                      "use e.g. 128 or 1024")
+        elif c.ok("seq_length") and self.seq_length > MAX_SEQ_LENGTH:
+            c.problem(f"--seq-length {self.seq_length} is absurdly large (limit {MAX_SEQ_LENGTH}); "
+                      "use the model's context length, e.g. 1024 for gpt2")
         if (self.vocab_size is None) == (self.tokenizer is None):
-            p.append("give exactly one of --tokenizer PATH (reuse a sentencepiece model) or --vocab-size N "
-                     "(train one)")
-        if self.vocab_size is not None and (not isinstance(self.vocab_size, int) or not 16 <= self.vocab_size <= 1_000_000):
-            p.append(f"--vocab-size {self.vocab_size!r} must be an integer between 16 and 1000000")
-        if self.tokenizer is not None and not Path(self.tokenizer).is_file():
-            p.append(f"--tokenizer {self.tokenizer}: no such file")
-        if self.tokenizer_type not in tok.MODEL_TYPES:
-            p.append(f"--tokenizer-type {self.tokenizer_type!r} is not one of {', '.join(tok.MODEL_TYPES)}")
-        if not isinstance(self.max_sentences, int) or self.max_sentences < 100:
-            p.append(f"--max-sentences {self.max_sentences!r} must be an integer >= 100")
-        if not isinstance(self.eval_fraction, (int, float)) or not 0 <= self.eval_fraction <= 0.5:
-            p.append(f"--eval-fraction {self.eval_fraction!r} must be between 0 and 0.5")
-        if not isinstance(self.num_shards, int) or not 1 <= self.num_shards <= 1000:
-            p.append(f"--num-shards {self.num_shards!r} must be between 1 and 1000")
-        if not isinstance(self.workers, int) or not 1 <= self.workers <= 256:
-            p.append(f"--workers {self.workers!r} must be between 1 and 256")
-        if not self.jsonl_field:
-            p.append("--jsonl-field must not be empty")
-        if not self.patterns:
-            p.append("--pattern: give at least one file name pattern, e.g. '*.txt'")
-        return p
+            c.problem("give exactly one of --tokenizer PATH (reuse a sentencepiece model) or --vocab-size N "
+                      "(train one)")
+        if c.ok("vocab_size") and self.vocab_size is not None and not 16 <= self.vocab_size <= 1_000_000:
+            c.problem(f"--vocab-size {self.vocab_size!r} must be an integer between 16 and 1000000")
+        if c.ok("tokenizer") and self.tokenizer is not None and not Path(self.tokenizer).is_file():
+            c.problem(f"--tokenizer {self.tokenizer}: no such file")
+        if c.ok("tokenizer_type") and self.tokenizer_type not in tok.MODEL_TYPES:
+            c.problem(f"--tokenizer-type {self.tokenizer_type!r} is not one of {', '.join(tok.MODEL_TYPES)}")
+        for flag, name, low, high in (("--max-sentences", "max_sentences", 100, None),
+                                      ("--eval-fraction", "eval_fraction", 0, 0.5),
+                                      ("--num-shards", "num_shards", 1, 1000), ("--workers", "workers", 1, 256)):
+            value = getattr(self, name)
+            if c.ok(name) and not (low <= value and (high is None or value <= high)):
+                c.problem(f"{flag} {value!r} must be " + (f"an integer >= {low}" if high is None
+                                                         else f"between {low} and {high}"))
+        if c.ok("jsonl_field") and not self.jsonl_field:
+            c.problem("--jsonl-field must not be empty")
+        if c.ok("patterns") and not self.patterns:
+            c.problem("--pattern: give at least one file name pattern, e.g. '*.txt'")
 
     def params(self) -> dict:
         """The parameters that shape the output (they enter the dataset_id)."""

@@ -1,9 +1,9 @@
 """`LaunchSpec`: what to start, how many, in which mode, and how to watch it.
 
-Validated in `__post_init__`: every problem with the fields themselves is collected and raised once as
-`LaunchSpecError`. Problems with the machine (port taken, program missing, rank table...) are found by
+A `TypedConfig`: every problem with the fields themselves is collected when the spec is built and raised
+once as `LaunchSpecError`. Problems with the machine (port taken, program missing, rank table...) are found by
 `preflight.preflight()` just before starting. The spec is frozen; a retry is
-`dataclasses.replace(spec, attempt=spec.attempt + 1)`.
+`spec.replace(attempt=spec.attempt + 1)`.
 
 Rank numbering (`local_ranks()`):
 
@@ -20,13 +20,14 @@ start..end-1 (the scripts strip the brackets and loop `i < END`, so MindFormers'
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
+from ..errors import ConfigError
+from ..typed_config import Checks, TypedConfig
 from .errors import LaunchSpecError
 from .record import ERROR_FILE_ENV
 
@@ -63,10 +64,10 @@ def parse_device_range(text: str | Sequence[int]) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
-class LaunchSpec:
+class LaunchSpec(TypedConfig):
     """One gang launch on this node. Every field is checked when the spec is built."""
 
-    program: Sequence[str]
+    program: Sequence[str | os.PathLike]
     """argv of each rank (and of the scheduler), e.g. ["python", "train.py", "--config", "x.yaml"]. No shell."""
     nproc_per_node: int
     """Processes (ranks) started on this node."""
@@ -81,13 +82,13 @@ class LaunchSpec:
     """Scheduler host (MS_SCHED_HOST)."""
     master_port: int = 8118
     """Scheduler port (MS_SCHED_PORT); must be free on node 0."""
-    rank_table: str | None = None
+    rank_table: str | os.PathLike | None = None
     """HCCL rank table JSON (RANK_TABLE_FILE); required in rank-table mode, optional otherwise."""
     device_range: str | tuple[int, int] | None = None
     """"[start,end)" as the MindFormers scripts take it; see the module docstring for the numbering."""
-    log_dir: str = "output/log"
+    log_dir: str | os.PathLike = "output/log"
     """Logs: LOG_DIR[/attempt_K]/rank_N/mindformer.log and LOG_DIR[/attempt_K]/scheduler.log."""
-    heartbeat_dir: str | None = None
+    heartbeat_dir: str | os.PathLike | None = None
     """Folder holding rank_N/heartbeat.json written by the Trainer; None disables hang detection."""
     hang_timeout: float | None = None
     """Seconds without heartbeat progress that count as a hang; None: max(hang_floor, hang_factor x median
@@ -112,111 +113,102 @@ class LaunchSpec:
     """Seconds given to ranks to write their stacks (SIGUSR1, faulthandler) before a hung gang is stopped."""
     scheduler_grace: float = 10.0
     """Seconds the scheduler may take to exit on its own once every worker succeeded (MindSpore's takes ~5)."""
-    cwd: str | None = None
+    cwd: str | os.PathLike | None = None
     """Working directory of the ranks; None: the launcher's."""
 
-    def __post_init__(self) -> None:
-        problems: list[str] = []
-        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
+    HAND_CHECKED: ClassVar[tuple[str, ...]] = ("program", "env", "layout", "device_range")
+    ERROR: ClassVar[type[ConfigError]] = LaunchSpecError
 
-        # program: an argv list of strings, never a shell string
-        if isinstance(self.program, (str, bytes)):
-            problems.append(f"program={self.program!r} is a string; pass an argv list such as "
-                            "['python', 'train.py', '--config', 'run.yaml'] (no shell is used)")
-        elif not self.program or not all(isinstance(a, (str, os.PathLike)) for a in self.program):
-            problems.append(f"program={self.program!r} must be a non-empty list of strings (argv)")
-        else:
-            set_("program", tuple(os.fspath(a) for a in self.program))
-
-        ints = {"nproc_per_node": 1, "nnodes": 1, "node_rank": 0, "master_port": 1, "attempt": 0}
-        for name, low in ints.items():
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < low:
-                problems.append(f"{name}={v!r} must be an integer >= {low}")
-        if isinstance(self.master_port, int) and self.master_port > 65535:
-            problems.append(f"master_port={self.master_port} must be <= 65535")
-        if _is_int(self.node_rank) and _is_int(self.nnodes) and self.node_rank >= self.nnodes:
-            problems.append(f"node_rank={self.node_rank} must be < nnodes={self.nnodes} (nodes are numbered from 0)")
-        if self.mode not in MODES:
-            problems.append(f"mode={self.mode!r} is not one of {', '.join(MODES)}")
-        if not isinstance(self.master_addr, str) or not self.master_addr.strip():
-            problems.append(f"master_addr={self.master_addr!r} must be a host name or IP address")
-
+    def _check(self, c: Checks) -> None:
+        self._check_program(c)
+        for name, low in {"nproc_per_node": 1, "nnodes": 1, "node_rank": 0, "attempt": 0}.items():
+            c.require(name, lambda v: v >= low, f"must be an integer >= {low}")
+        c.require("master_port", lambda v: 1 <= v <= 65535, "must be an integer in 1..65535")
+        if c.ok("node_rank", "nnodes") and self.node_rank >= self.nnodes:
+            c.problem(f"node_rank={self.node_rank} must be < nnodes={self.nnodes} (nodes are numbered from 0)")
+        c.require("mode", lambda v: v in MODES, f"must be one of {', '.join(MODES)}")
+        c.require("master_addr", lambda v: bool(v.strip()), "must be a host name or IP address")
         for name in ("log_dir", "heartbeat_dir", "rank_table", "cwd"):
-            v = getattr(self, name)
-            if v is not None:
-                if isinstance(v, (str, os.PathLike)):
-                    set_(name, os.fspath(v))
-                else:
-                    problems.append(f"{name}={v!r} must be a path")
-        if (self.mode == "standalone" and _is_int(self.nproc_per_node) and _is_int(self.nnodes)
+            if c.ok(name) and getattr(self, name) is not None:
+                c.set(name, os.fspath(getattr(self, name)))
+        if (self.mode == "standalone" and c.ok("nproc_per_node", "nnodes")
                 and self.nproc_per_node * self.nnodes != 1):
-            problems.append("mode='standalone' runs exactly one process (no cluster); use dynamic-cluster for "
-                            f"{self.nproc_per_node * self.nnodes} ranks")
+            c.problem("mode='standalone' runs exactly one process (no cluster); use dynamic-cluster for "
+                      f"{self.nproc_per_node * self.nnodes} ranks")
         if self.mode == "rank-table" and self.rank_table is None:
-            problems.append("mode='rank-table' needs rank_table (the HCCL rank table JSON, --rank-table FILE)")
-
-        for name, allow_none in (("hang_timeout", True), ("timeout", True), ("hang_floor", False),
-                                 ("hang_factor", False), ("startup_timeout", False)):
-            v = getattr(self, name)
-            if v is None and allow_none:
-                continue
-            if not _is_num(v) or v <= 0:
-                problems.append(f"{name}={v!r} must be a number of seconds > 0" + (" or None" if allow_none else ""))
+            c.problem("mode='rank-table' needs rank_table (the HCCL rank table JSON, --rank-table FILE)")
+        for name in ("hang_timeout", "timeout"):
+            c.require(name, lambda v: v is None or v > 0, "must be a number of seconds > 0 or None")
+        for name in ("hang_floor", "hang_factor", "startup_timeout"):
+            c.require(name, lambda v: v > 0, "must be a number of seconds > 0")
         for name in ("stop_grace", "stack_dump_wait", "scheduler_grace"):
-            v = getattr(self, name)
-            if not _is_num(v) or v < 0:
-                problems.append(f"{name}={v!r} must be a number of seconds >= 0")
+            c.require(name, lambda v: v >= 0, "must be a number of seconds >= 0")
         if self.hang_timeout is not None and self.heartbeat_dir is None:
-            problems.append("hang_timeout is set but heartbeat_dir is not: hang detection reads "
-                            "HEARTBEAT_DIR/rank_N/heartbeat.json (set heartbeat_dir, usually OUTPUT/log)")
+            c.problem("hang_timeout is set but heartbeat_dir is not: hang detection reads "
+                      "HEARTBEAT_DIR/rank_N/heartbeat.json (set heartbeat_dir, usually OUTPUT/log)")
+        self._check_env(c)
+        self._check_layout(c)
+        self._check_device_range(c)
 
-        if not isinstance(self.env, Mapping):
-            problems.append(f"env={self.env!r} must be a mapping of names to strings")
+    def _check_program(self, c: Checks) -> None:
+        """An argv list of strings, never a shell string."""
+        if isinstance(self.program, (str, bytes)):
+            c.problem(f"program={self.program!r} is a string; pass an argv list such as "
+                      "['python', 'train.py', '--config', 'run.yaml'] (no shell is used)")
+        elif (not isinstance(self.program, Sequence) or not self.program
+              or not all(isinstance(a, (str, os.PathLike)) for a in self.program)):
+            c.problem(f"program={self.program!r} must be a non-empty list of strings (argv)")
         else:
-            env = {}
-            for k, v in self.env.items():
-                if not isinstance(k, str) or not k or "=" in k:
-                    problems.append(f"env key {k!r} is not a valid variable name")
-                elif k in OWNED_ENV:
-                    problems.append(f"env sets {k}, which the launcher sets per rank; remove it from env")
-                elif isinstance(v, (str, int, float)) and not isinstance(v, bool):
-                    env[k] = str(v)
-                else:
-                    problems.append(f"env[{k!r}]={v!r} must be a string")
-            set_("env", env)
+            c.set("program", tuple(os.fspath(a) for a in self.program))
 
-        if self.layout is not None:
-            lay = tuple(self.layout) if isinstance(self.layout, (list, tuple)) else None
-            if lay is None or len(lay) != 3 or not all(_is_int(v) and v >= 1 for v in lay):
-                problems.append(f"layout={self.layout!r} must be (data_parallel, model_parallel, pipeline_stage), "
-                                "three integers >= 1")
+    def _check_env(self, c: Checks) -> None:
+        if not isinstance(self.env, Mapping):
+            c.problem(f"env={self.env!r} must be a mapping of names to strings")
+            return
+        env = {}
+        for k, v in self.env.items():
+            if not isinstance(k, str) or not k or "=" in k:
+                c.problem(f"env key {k!r} is not a valid variable name")
+            elif k in OWNED_ENV:
+                c.problem(f"env sets {k}, which the launcher sets per rank; remove it from env")
+            elif isinstance(v, (str, int, float)) and not isinstance(v, bool):
+                env[k] = str(v)
             else:
-                set_("layout", lay)
-                if _is_int(self.nproc_per_node) and _is_int(self.nnodes):
-                    ws, (dp, mp, pp) = self.nproc_per_node * self.nnodes, lay
-                    if ws != dp * mp * pp:
-                        problems.append(
-                            f"world size {ws} (nnodes {self.nnodes} x nproc_per_node {self.nproc_per_node}) != "
-                            f"data_parallel {dp} x model_parallel {mp} x pipeline_stage {pp} = {dp * mp * pp}; "
-                            "change the parallel config or the number of processes")
+                c.problem(f"env[{k!r}]={v!r} must be a string")
+        c.set("env", env)
 
-        if self.device_range is not None:
-            try:
-                start, end = parse_device_range(self.device_range)
-            except (ValueError, TypeError) as exc:
-                problems.append(str(exc))
-            else:
-                set_("device_range", f"[{start},{end})")
-                if _is_int(self.nproc_per_node) and end - start != self.nproc_per_node:
-                    problems.append(f"device_range [{start},{end}) holds {end - start} devices but "
-                                    f"nproc_per_node={self.nproc_per_node}; make them agree")
-                if (self.mode == "rank-table" and _is_int(self.nnodes) and self.nnodes > 1
-                        and _is_int(self.nproc_per_node) and end > self.nnodes * self.nproc_per_node):
-                    problems.append(f"device_range [{start},{end}) is in global rank numbers for a multi-node "
-                                    f"rank-table launch and must end <= world size {self.nnodes * self.nproc_per_node}")
-        if problems:
-            raise LaunchSpecError(problems)
+    def _check_layout(self, c: Checks) -> None:
+        if self.layout is None:
+            return
+        lay = tuple(self.layout) if isinstance(self.layout, (list, tuple)) else None
+        if lay is None or len(lay) != 3 or not all(_is_int(v) and v >= 1 for v in lay):
+            c.problem(f"layout={self.layout!r} must be (data_parallel, model_parallel, pipeline_stage), "
+                      "three integers >= 1")
+            return
+        c.set("layout", lay)
+        if c.ok("nproc_per_node", "nnodes"):
+            ws, (dp, mp, pp) = self.nproc_per_node * self.nnodes, lay
+            if ws != dp * mp * pp:
+                c.problem(f"world size {ws} (nnodes {self.nnodes} x nproc_per_node {self.nproc_per_node}) != "
+                          f"data_parallel {dp} x model_parallel {mp} x pipeline_stage {pp} = {dp * mp * pp}; "
+                          "change the parallel config or the number of processes")
+
+    def _check_device_range(self, c: Checks) -> None:
+        if self.device_range is None:
+            return
+        try:
+            start, end = parse_device_range(self.device_range)
+        except (ValueError, TypeError) as exc:
+            c.problem(str(exc))
+            return
+        c.set("device_range", f"[{start},{end})")
+        if c.ok("nproc_per_node") and end - start != self.nproc_per_node:
+            c.problem(f"device_range [{start},{end}) holds {end - start} devices but "
+                      f"nproc_per_node={self.nproc_per_node}; make them agree")
+        if (self.mode == "rank-table" and c.ok("nnodes", "nproc_per_node") and self.nnodes > 1
+                and end > self.nnodes * self.nproc_per_node):
+            c.problem(f"device_range [{start},{end}) is in global rank numbers for a multi-node "
+                      f"rank-table launch and must end <= world size {self.nnodes * self.nproc_per_node}")
 
     # -- derived values ------------------------------------------------------------------------------
 
@@ -265,13 +257,6 @@ class LaunchSpec:
         start = parse_device_range(self.device_range)[0] if self.device_range else 0
         return [LocalRank(i, self.node_rank * n + i, start + i) for i in range(n)]
 
-    def replace(self, **changes) -> "LaunchSpec":
-        return dataclasses.replace(self, **changes)
-
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)

@@ -5,19 +5,20 @@
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from mftasks.errors import ConfigError
+from mftasks.typed_config import Checks, TypedConfig
 
 # Layers LoRA can target.  q, k and v are slices of the fused `attn.c_attn` projection.
 VALID_LORA_TARGETS: tuple[str, ...] = ("q", "k", "v", "attn_proj", "mlp_fc", "mlp_proj")
 
 
 @dataclass(kw_only=True)
-class GPT2Config:
-    """Shape and regularisation of a GPT-2 decoder (all fields keyword-only)."""
+class GPT2Config(TypedConfig):
+    """Shape and regularisation of a GPT-2 decoder (all fields keyword-only); `to_dict` / `from_dict` (from
+    TypedConfig) write and read it beside checkpoints."""
 
     name: str = "custom"
     """Preset name, or "custom"; only recorded, never interpreted."""
@@ -48,34 +49,25 @@ class GPT2Config:
     lora_targets: tuple[str, ...] = ("q", "v")
     """Default LoRA targets, a subset of VALID_LORA_TARGETS."""
 
-    def __post_init__(self) -> None:
-        if isinstance(self.lora_targets, list):  # from YAML / JSON
-            self.lora_targets = tuple(self.lora_targets)
-        ConfigError.raise_if(self._problems(), where=f"GPT2Config(name={self.name!r})")
+    HAND_CHECKED: ClassVar[tuple[str, ...]] = ("lora_targets",)  # its message lists the valid targets
 
-    def _problems(self) -> list[str]:
-        problems = []
-        if not isinstance(self.name, str) or not self.name:
-            problems.append(f"name={self.name!r} must be a non-empty string")
-        for field in ("n_layer", "n_embd", "n_head", "seq_length", "vocab_size", "lora_rank"):
-            value = getattr(self, field)
-            if not _is_int(value) or value <= 0:
-                problems.append(f"{field}={value!r} must be a positive integer")
-        if _is_int(self.n_embd) and _is_int(self.n_head) and self.n_head > 0 and self.n_embd % self.n_head:
-            problems.append(
-                f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: "
-                "pick n_head so that head_dim = n_embd / n_head is an integer"
-            )
-        for field in ("dropout", "attention_dropout", "lora_dropout"):
-            value = getattr(self, field)
-            if not _is_number(value) or not 0.0 <= value < 1.0:
-                problems.append(f"{field}={value!r} must be a number with 0 <= {field} < 1")
-        for field in ("layer_norm_epsilon", "initializer_range", "lora_alpha"):
-            value = getattr(self, field)
-            if not _is_number(value) or value <= 0:
-                problems.append(f"{field}={value!r} must be a positive number")
-        problems += lora_targets_problems(self.lora_targets, "lora_targets")
-        return problems
+    def _check(self, c: Checks) -> None:
+        if isinstance(self.lora_targets, list):  # from YAML / JSON
+            c.set("lora_targets", tuple(self.lora_targets))
+        c.require("name", bool, "must be a non-empty string")
+        for name in ("n_layer", "n_embd", "n_head", "seq_length", "vocab_size", "lora_rank"):
+            c.require(name, lambda v: v > 0, "must be a positive integer")
+        if c.ok("n_embd", "n_head") and self.n_head > 0 and self.n_embd % self.n_head:
+            c.problem(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: "
+                      "pick n_head so that head_dim = n_embd / n_head is an integer")
+        for name in ("dropout", "attention_dropout", "lora_dropout"):
+            c.require(name, lambda v: 0.0 <= v < 1.0, f"must be a number with 0 <= {name} < 1")
+        for name in ("layer_norm_epsilon", "initializer_range", "lora_alpha"):
+            c.require(name, lambda v: v > 0, "must be a positive number")
+        c.extend(lora_targets_problems(self.lora_targets, "lora_targets"))
+
+    def _where(self) -> str:
+        return f"GPT2Config(name={self.name!r})"
 
     @property
     def head_dim(self) -> int:
@@ -89,39 +81,14 @@ class GPT2Config:
             raise ConfigError(
                 f"unknown model preset {name!r}; valid names: {', '.join(PRESETS)}", where="GPT2Config.from_name"
             )
-        unknown = sorted(set(overrides) - set(field_names()))
+        unknown = sorted(set(overrides) - set(cls.field_names()))
         if unknown:
             raise ConfigError(
                 f"unknown override(s) {', '.join(unknown)} for preset {name!r}; "
-                f"valid fields: {', '.join(field_names())}",
+                f"valid fields: {', '.join(cls.field_names())}",
                 where="GPT2Config.from_name",
             )
         return cls(**{**PRESETS[name], **overrides})
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data (lists, not tuples) for YAML/JSON files beside checkpoints."""
-        d = dataclasses.asdict(self)
-        d["lora_targets"] = list(self.lora_targets)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GPT2Config:
-        """Inverse of to_dict; unknown or missing keys raise ConfigError naming them."""
-        problems = []
-        unknown = sorted(set(d) - set(field_names()))
-        if unknown:
-            problems.append(f"unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(field_names())}")
-        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
-        missing = [k for k in required if k not in d]
-        if missing:
-            problems.append(f"missing required key(s) {', '.join(missing)}")
-        ConfigError.raise_if(problems, where="GPT2Config.from_dict")
-        return cls(**d)
-
-
-def field_names() -> list[str]:
-    """Names of the GPT2Config fields, in declaration order."""
-    return [f.name for f in dataclasses.fields(GPT2Config)]
 
 
 def lora_targets_problems(targets: Any, field: str) -> list[str]:
@@ -139,29 +106,16 @@ def lora_targets_problems(targets: Any, field: str) -> list[str]:
     return problems
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-# Presets: plain data.  LoRA defaults are MindFormers' gpt2_lora values (rank 64, alpha 128, dropout 0.1,
-# query and value) for the reference sizes; the CPU presets are small enough to train on two cores.
+# Presets: plain data.  The reference sizes share the GPT-2 BPE vocabulary and MindFormers' gpt2_lora values
+# (rank 64, alpha 128, dropout 0.1, query and value); the CPU presets are small enough to train on two cores.
+_REFERENCE = dict(vocab_size=50257, lora_rank=64, lora_alpha=128.0, lora_dropout=0.1)
 _PRESET_LIST: list[dict[str, Any]] = [
-    dict(name="gpt2", n_layer=12, n_embd=768, n_head=12, seq_length=1024, vocab_size=50257,
-         lora_rank=64, lora_alpha=128.0, lora_dropout=0.1),
-    dict(name="gpt2_medium", n_layer=24, n_embd=1024, n_head=16, seq_length=1024, vocab_size=50257,
-         lora_rank=64, lora_alpha=128.0, lora_dropout=0.1),
-    dict(name="gpt2_large", n_layer=36, n_embd=1280, n_head=20, seq_length=1024, vocab_size=50257,
-         lora_rank=64, lora_alpha=128.0, lora_dropout=0.1),
-    dict(name="gpt2_xl", n_layer=48, n_embd=1600, n_head=25, seq_length=1024, vocab_size=50257,
-         lora_rank=64, lora_alpha=128.0, lora_dropout=0.1),
-    dict(name="gpt2_13b", n_layer=40, n_embd=5120, n_head=40, seq_length=2048, vocab_size=50257,
-         lora_rank=64, lora_alpha=128.0, lora_dropout=0.1),
-    dict(name="gpt2_52b", n_layer=64, n_embd=8192, n_head=32, seq_length=2048, vocab_size=50257,
-         lora_rank=64, lora_alpha=128.0, lora_dropout=0.1),
+    dict(name="gpt2", n_layer=12, n_embd=768, n_head=12, seq_length=1024, **_REFERENCE),
+    dict(name="gpt2_medium", n_layer=24, n_embd=1024, n_head=16, seq_length=1024, **_REFERENCE),
+    dict(name="gpt2_large", n_layer=36, n_embd=1280, n_head=20, seq_length=1024, **_REFERENCE),
+    dict(name="gpt2_xl", n_layer=48, n_embd=1600, n_head=25, seq_length=1024, **_REFERENCE),
+    dict(name="gpt2_13b", n_layer=40, n_embd=5120, n_head=40, seq_length=2048, **_REFERENCE),
+    dict(name="gpt2_52b", n_layer=64, n_embd=8192, n_head=32, seq_length=2048, **_REFERENCE),
     # CPU presets (vocab sized for a small SentencePiece tokenizer; override vocab_size to match yours).
     dict(name="gpt2_tiny", n_layer=2, n_embd=64, n_head=2, seq_length=64, vocab_size=512,
          lora_rank=4, lora_alpha=8.0, lora_dropout=0.0),
