@@ -1,11 +1,11 @@
 """One pipeline stage (train, finetune, eval, predict) as a gang launch of `mftasks run` ranks.
 
-A `StageSpec` becomes a run YAML (validated here, before any process starts), the ranks are started
-by the gang launcher, and the stage's result comes back through `--result_file`.  The ranks' argv
-holds only options and paths this module makes: prompts are data, written to `prompts.json` in the
-stage folder and passed as `--predict_file` (a prompt such as `--result_file=/x` stays a prompt).  Each attempt logs
-under its own folder; before an attempt starts, the processes of earlier attempts (recorded in
-`pids.json`) are proven gone, so two gangs of one stage never run at once.
+A `StageSpec` builds a `RunConfig` (checked with the spec, before any process starts), whose YAML every rank
+reads back; the ranks are started by the gang launcher, and the stage's result comes back through
+`--result_file`.  The ranks' argv holds only options and paths this module makes: prompts are data, written to
+`prompts.json` in the stage folder and passed as `--predict_file` (a prompt such as `--result_file=/x` stays a
+prompt).  Each attempt logs under its own folder; before an attempt starts, the processes of earlier attempts
+(recorded in `pids.json`) are proven gone, so two gangs of one stage never run at once.
 """
 from __future__ import annotations
 
@@ -16,13 +16,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
-
 from . import checkpoint as ckpt
 from . import process
 from .errors import ConfigError, MftasksError
 from .files import atomic_write_bytes, atomic_write_json
-from .run_config import RUN_MODES
+from .run_config import RunConfig
+from .typed_config import Checks, TypedConfig
 
 
 class StageFailed(MftasksError):
@@ -36,86 +35,113 @@ class StageFailed(MftasksError):
 
 
 @dataclass
-class StageSpec:
-    """What one stage runs; every field becomes part of the stage's run YAML."""
+class StageSpec(TypedConfig):
+    """What one stage runs. Its run configuration is a `RunConfig` (`run_config()`), checked together with the
+    stage's own fields when the spec is built, and again by `run_stage` (a spec may be edited, files may go)."""
 
     name: str
     """Stage label used for folders (train, lora, eval_before, ...)."""
     run_mode: str
-    output_dir: str
+    """train | finetune | eval | predict (RUN_MODES of mftasks.run_config)."""
+    output_dir: str | os.PathLike
+    """The ranks' output folder (checkpoints, logs); a train or finetune stage resumes from its newest checkpoint."""
     model_type: str = "gpt2_tiny"
+    """Model preset (mftasks.model.PRESETS)."""
     pet_method: str = ""
+    """'' (full weights) or 'lora'."""
     train_dataset: str | None = None
+    """Prepared dataset folder (`mftasks data prepare`) for train and finetune."""
     eval_dataset: str | None = None
+    """Prepared dataset folder for eval."""
     load_checkpoint: str | None = None
+    """Weights to start from (file or folder)."""
     nproc: int = 1
     """Ranks on this node."""
     nnodes: int = 1
+    """Nodes in the job; world size = nproc * nnodes, all data parallel."""
     node_rank: int = 0
+    """This node's index, 0..nnodes-1 (node 0 writes the result)."""
     master_addr: str = "127.0.0.1"
+    """Host of the dynamic cluster's scheduler (node 0)."""
     batch_size: int = 8
+    """Samples per step on each rank."""
     max_steps: int = 50
+    """Training steps."""
     learning_rate: float = 1e-3
+    """Peak learning rate of the cosine schedule."""
     warmup_steps: int = 2
+    """Linear warmup steps."""
     save_steps: int = 25
+    """Steps between checkpoints."""
     logging_steps: int = 1
+    """Steps between loss log lines."""
     seed: int = 1234
+    """One seed for the whole run."""
     dropout: float | None = None
     """Override the preset's dropout and attention dropout (e.g. 0 for bit-comparable runs)."""
     lora_rank: int | None = None
+    """LoRA rank; None: the preset's."""
     lora_alpha: float | None = None
+    """LoRA alpha; None: the preset's."""
     predict_data: list[str] = field(default_factory=list)
+    """The prompts of a predict stage (passed to the ranks as a file, never as argv)."""
     max_new_tokens: int = 16
+    """Tokens generated per prompt."""
     timeout: float | None = None
+    """Seconds the whole gang may run; None: no limit."""
     hang_timeout: float | None = None
+    """Seconds without heartbeat progress that count as a hang; None: derived (see LaunchSpec)."""
     master_port: int = 8118
+    """Port of the dynamic cluster's scheduler."""
 
-    def problems(self) -> list[str]:
-        p = []
-        if self.run_mode not in RUN_MODES:
-            p.append(f"run_mode={self.run_mode!r} is not one of {', '.join(RUN_MODES)}")
-        if not isinstance(self.nproc, int) or self.nproc < 1:
-            p.append(f"nproc={self.nproc!r} must be >= 1")
-        if not isinstance(self.nnodes, int) or self.nnodes < 1 or not 0 <= self.node_rank < self.nnodes:
-            p.append(f"node_rank={self.node_rank!r} must be in [0, nnodes={self.nnodes!r})")
+    def _check(self, c: Checks) -> None:
+        c.require("nproc", lambda v: v >= 1, "must be >= 1")
+        if c.ok("nnodes", "node_rank") and (self.nnodes < 1 or not 0 <= self.node_rank < self.nnodes):
+            c.problem(f"node_rank={self.node_rank!r} must be in [0, nnodes={self.nnodes!r})")
+        if not c.problems:  # the run config is built from well-formed fields only (one problem, said once)
+            c.extend(self._build_run_config(resume=False)[1])
         for name in ("train_dataset", "eval_dataset"):
             folder = getattr(self, name)
-            if folder is not None and not (Path(folder) / "manifest.json").is_file():
-                p.append(f"{name}={folder}: not a prepared dataset (no manifest.json); run `mftasks data prepare`")
-        if self.load_checkpoint is not None and not Path(self.load_checkpoint).exists():
-            p.append(f"load_checkpoint={self.load_checkpoint}: no such file or folder")
-        if self.run_mode == "predict" and not self.predict_data:
-            p.append("predict needs predict_data (a list of prompts)")
-        elif not isinstance(self.predict_data, (list, tuple)) or not all(isinstance(t, str) for t in self.predict_data):
-            p.append(f"predict_data={self.predict_data!r} must be a list of strings")
-        return p
+            if c.ok(name) and folder is not None and not (Path(folder) / "manifest.json").is_file():
+                c.problem(f"{name}={folder}: not a prepared dataset (no manifest.json); run `mftasks data prepare`")
+        if c.ok("load_checkpoint") and self.load_checkpoint is not None and not Path(self.load_checkpoint).exists():
+            c.problem(f"load_checkpoint={self.load_checkpoint}: no such file or folder")
+        if self.run_mode == "predict" and c.ok("predict_data") and not self.predict_data:
+            c.problem("predict needs predict_data (a list of prompts)")
 
-    def run_config(self, resume: bool) -> dict:
-        """The run YAML for this stage (see mftasks.run_config)."""
-        training = {"batch_size": self.batch_size, "max_steps": self.max_steps, "learning_rate": self.learning_rate,
-                    "warmup_steps": self.warmup_steps, "save_steps": self.save_steps,
-                    "logging_steps": self.logging_steps, "lr_scheduler_type": "cosine", "sink_mode": False,
-                    "resume_training": resume, "overwrite_output_dir": not resume}
+    def _where(self) -> str:
+        return f"stage {self.name}"
+
+    def run_config(self, resume: bool = False) -> RunConfig:
+        """What every rank of this stage runs (written as the stage's run.yaml); `resume` continues from
+        the newest verified checkpoint of output_dir instead of starting afresh."""
+        config, problems = self._build_run_config(resume)
+        ConfigError.raise_if(problems, where=self._where())
+        return config
+
+    def _build_run_config(self, resume: bool) -> tuple[RunConfig | None, list[str]]:
         pet = {"pet_method": self.pet_method}
         if self.pet_method == "lora":
             pet.update({k: v for k, v in (("lora_rank", self.lora_rank), ("lora_alpha", self.lora_alpha))
                         if v is not None})
-        config = {"run_mode": self.run_mode, "seed": self.seed, "output_dir": str(self.output_dir),
-                  "load_checkpoint": self.load_checkpoint, "use_parallel": self.world_size > 1,
-                  "context": {"mode": "GRAPH_MODE", "device_target": "CPU"},
-                  "parallel": {"parallel_mode": "DATA_PARALLEL", "gradients_mean": True},
-                  "parallel_config": {"data_parallel": self.world_size},
-                  "model": {"model_type": self.model_type, **self._dropout()}, "pet": pet, "training": training,
-                  "train_dataset": self.train_dataset, "eval_dataset": self.eval_dataset,
-                  "predict": {"max_new_tokens": self.max_new_tokens}}
-        return config
+        dropout = {} if self.dropout is None else {"dropout": self.dropout, "attention_dropout": self.dropout}
+        return RunConfig.build(dict(
+            run_mode=self.run_mode, seed=self.seed, output_dir=os.fspath(self.output_dir),
+            load_checkpoint=self.load_checkpoint, use_parallel=self.world_size > 1,
+            context=dict(mode="GRAPH_MODE", device_target="CPU"),
+            parallel=dict(parallel_mode="DATA_PARALLEL", gradients_mean=True),
+            parallel_config=dict(data_parallel=self.world_size),
+            model=dict(model_type=self.model_type, **dropout), pet=pet,
+            training=dict(batch_size=self.batch_size, max_steps=self.max_steps, learning_rate=self.learning_rate,
+                          warmup_steps=self.warmup_steps, save_steps=self.save_steps,
+                          logging_steps=self.logging_steps, lr_scheduler_type="cosine", sink_mode=False,
+                          resume_training=resume, overwrite_output_dir=not resume),
+            train_dataset=self.train_dataset, eval_dataset=self.eval_dataset,
+            predict=dict(max_new_tokens=self.max_new_tokens)), where=self._where())
 
     @property
     def world_size(self) -> int:
         return self.nproc * self.nnodes
-
-    def _dropout(self) -> dict:
-        return {} if self.dropout is None else {"dropout": self.dropout, "attention_dropout": self.dropout}
 
 
 @dataclass
@@ -149,9 +175,8 @@ def resume_point(spec: StageSpec) -> bool:
 def run_stage(spec: StageSpec, work_dir: str | Path, attempt: int = 0, on_line=None) -> StageResult:
     """Validate, launch the stage's ranks and return their result; StageFailed when the gang fails."""
     from .launcher import LaunchSpec, launch
-    from .run_config import load_run_config
 
-    ConfigError.raise_if(spec.problems(), where=f"stage {spec.name}")
+    spec.check()  # the spec may have been edited since it was built, and its files may be gone
     folder = stage_dir(work_dir, spec.name)
     folder.mkdir(parents=True, exist_ok=True)
     if ensure_previous_gang_gone(folder / "pids.json") and spec.world_size > 1 and spec.node_rank == 0:
@@ -159,9 +184,7 @@ def run_stage(spec: StageSpec, work_dir: str | Path, attempt: int = 0, on_line=N
     attempt = _free_attempt(folder / "log", attempt)  # a flow-run retry restarts run_count: never reuse logs
     resume = resume_point(spec)
     config_path = folder / "run.yaml"
-    atomic_write_bytes(config_path, yaml.safe_dump(spec.run_config(resume), sort_keys=False).encode(),
-                       f"the run config of stage {spec.name}")
-    load_run_config(config_path)  # bad config: a clear error now, before any process starts
+    atomic_write_bytes(config_path, spec.run_config(resume).to_yaml().encode(), f"the run config of stage {spec.name}")
     result_file = folder / f"result-attempt{attempt}.json"
     result_file.unlink(missing_ok=True)
     argv = [sys.executable, "-m", "mftasks.cli", "run", "--config", str(config_path.resolve()),

@@ -189,9 +189,9 @@ def test_deployment_parameters_rejected_before_any_run(monkeypatch, no_server, f
     ({"train_dataset": "NOT_PREPARED"}, "train_dataset=NOT_PREPARED: not a prepared dataset (no manifest.json); "
                                         "run `mftasks data prepare`"),
     ({"load_checkpoint": "NO_SUCH.ckpt"}, "load_checkpoint=NO_SUCH.ckpt: no such file or folder"),
-    ({"run_mode": "pretrain"}, "run_mode='pretrain' is not one of train, finetune, eval, predict"),
+    ({"run_mode": "pretrain"}, "run_mode='pretrain': must be one of train, finetune, eval, predict"),
     ({"run_mode": "predict", "predict_data": []}, "predict needs predict_data (a list of prompts)"),
-    ({"nproc": 0}, "nproc=0 must be >= 1"),
+    ({"nproc": 0}, "nproc=0: must be >= 1"),
 ], ids=["dataset", "checkpoint", "run_mode", "prompts", "nproc"])
 def test_stage_refuses_before_starting_a_gang(tmp_path, tiny_dataset, monkeypatch, change, needle):
     monkeypatch.chdir(tmp_path)

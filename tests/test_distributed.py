@@ -69,7 +69,7 @@ def test_model_parallel_on_cpu_fails_before_launch(tmp_path, tiny_dataset):
 
     spec = StageSpec(name="mp", run_mode="train", output_dir=str(tmp_path / "mp"), model_type="gpt2_tiny",
                      train_dataset=str(tiny_dataset), nproc=2, master_port=_port())
-    config = spec.run_config(resume=False)
+    config = spec.run_config(resume=False).to_dict()
     config["parallel_config"].update(data_parallel=1, model_parallel=2)
     path = tmp_path / "mp.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from mftasks.errors import ConfigError
 from mftasks.model import PRESETS, GPT2Config
 from mftasks.model.lora import PET_METHODS
 from mftasks.run_config import MODEL_KEYS, MODEL_SET_ELSEWHERE, PET_KEYS, RUN_MODES
@@ -57,10 +58,13 @@ def test_flow_pet_method_is_the_library_pet_methods():
 def test_run_modes_of_the_stage_and_the_command_line_are_the_run_configs():
     import argparse
 
-    import mftasks.stage
     from mftasks.run import add_arguments
+    from mftasks.stage import StageSpec
 
-    assert mftasks.stage.RUN_MODES is RUN_MODES
+    for mode in RUN_MODES:  # a stage's run mode is checked by the RunConfig it builds, nowhere else
+        StageSpec(name="s", run_mode=mode, output_dir="out", predict_data=["hi"])
+    with pytest.raises(ConfigError, match=re.escape(f"run_mode='pretrain': must be one of {', '.join(RUN_MODES)}")):
+        StageSpec(name="s", run_mode="pretrain", output_dir="out")
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     (action,) = [a for a in parser._actions if a.dest == "run_mode"]
