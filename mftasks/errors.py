@@ -1,9 +1,11 @@
 """Project exceptions: one class per failure mode, under one base.
 
 Every message says what is wrong, where it was set and how to fix it.  Validators collect all
-problems first and raise once with the whole list (see `ConfigError.from_problems`).
+problems first and raise once with the whole list (see `ConfigError.raise_if`).
 """
 from __future__ import annotations
+
+from typing import ClassVar
 
 
 class MftasksError(Exception):
@@ -14,33 +16,26 @@ class ProblemsError(MftasksError, ValueError):
     """Every problem a validator found, in one error: `.problems` (the list) and `.where` (what was read).
 
     One problem: "<head>: <problem>"; several: "<head><many>:" and one "  - <problem>" line each. Subclasses
-    word the head."""
+    word the head (HEAD without and with the place) and the count (MANY)."""
+
+    HEAD: ClassVar[tuple[str, str]] = ("problems", "problems in {where}")
+    MANY: ClassVar[str] = " ({n} problems)"
 
     def __init__(self, problems: list[str] | str, where: str | None = None):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         self.where = where
-        head = self._head(where)
+        head = self.HEAD[1].format(where=where) if where else self.HEAD[0]
         if len(self.problems) == 1:
             msg = f"{head}: {self.problems[0]}"
         else:
-            msg = head + self._many(len(self.problems)) + ":\n" + "\n".join(f"  - {p}" for p in self.problems)
+            msg = head + self.MANY.format(n=len(self.problems)) + ":\n" + "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(msg)
-
-    @staticmethod
-    def _head(where: str | None) -> str:
-        return f"problems in {where}" if where else "problems"
-
-    @staticmethod
-    def _many(n: int) -> str:
-        return f" ({n} problems)"
 
 
 class ConfigError(ProblemsError):
     """A configuration value (argument, YAML key, CLI flag) is invalid."""
 
-    @staticmethod
-    def _head(where: str | None) -> str:
-        return f"invalid configuration in {where}" if where else "invalid configuration"
+    HEAD = ("invalid configuration", "invalid configuration in {where}")
 
     @staticmethod
     def raise_if(problems: list[str], where: str | None = None) -> None:

@@ -20,13 +20,8 @@ __all__ = ["Device", "RankTable", "RankTableError", "Server", "SuperPod", "devic
 class RankTableError(ProblemsError):
     """A rank table (file, JSON value or merge result) is malformed or inconsistent."""
 
-    @staticmethod
-    def _head(where: str | None) -> str:
-        return f"rank table {where}" if where else "rank table"
-
-    @staticmethod
-    def _many(n: int) -> str:
-        return f" has {n} problems"
+    HEAD = ("rank table", "rank table {where}")
+    MANY = " has {n} problems"
 
 
 @dataclass
@@ -45,12 +40,8 @@ class Device:
     """Other keys as read (e.g. `device_port`), written back after the known ones."""
 
     def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"device_id": str(self.device_id), "device_ip": self.device_ip,
-                             "rank_id": str(self.rank_id)}
-        if self.super_device_id is not None:
-            d["super_device_id"] = self.super_device_id
-        d.update(self.extra)
-        return d
+        return _json(("device_id", str(self.device_id)), ("device_ip", self.device_ip), ("rank_id", str(self.rank_id)),
+                     ("super_device_id", self.super_device_id), extra=self.extra)
 
 
 @dataclass
@@ -68,16 +59,9 @@ class Server:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"server_id": self.server_id}
-        if self.pod_ip is not None:
-            d["pod_ip"] = self.pod_ip
-        if self.container_ip is not None:
-            d["container_ip"] = self.container_ip
-        d["device"] = [dev.to_json() for dev in self.devices]
-        if self.host_nic_ip is not None:
-            d["host_nic_ip"] = self.host_nic_ip
-        d.update(self.extra)
-        return d
+        return _json(("server_id", self.server_id), ("pod_ip", self.pod_ip), ("container_ip", self.container_ip),
+                     ("device", [dev.to_json() for dev in self.devices]), ("host_nic_ip", self.host_nic_ip),
+                     extra=self.extra)
 
 
 @dataclass
@@ -103,13 +87,10 @@ class RankTable:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"version": self.version, "server_count": str(len(self.servers)),
-                             "server_list": [s.to_json() for s in self.servers]}
-        if self.super_pods is not None:
-            d["super_pod_list"] = [p.to_json() for p in self.super_pods]
-        d["status"] = self.status
-        d.update(self.extra)
-        return d
+        pods = None if self.super_pods is None else [p.to_json() for p in self.super_pods]
+        return _json(("version", self.version), ("server_count", str(len(self.servers))),
+                     ("server_list", [s.to_json() for s in self.servers]), ("super_pod_list", pods),
+                     ("status", self.status), extra=self.extra)
 
     def to_text(self) -> str:
         """The file's text, as `json.dump(..., indent=4)` in hccl_tools.py / merge_hccl.py writes it."""
@@ -134,6 +115,12 @@ class RankTable:
         rows = [(d.rank_id, i, s, d) for i, s in enumerate(self.servers) for d in s.devices]
         rows.sort(key=lambda r: r[0])
         return ((i, s, d) for _, i, s, d in rows)
+
+
+def _json(*pairs: tuple[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """The (key, value) pairs in order, leaving out optional keys whose value is None, then `extra` (the keys
+    read but not modelled, written back after the known ones)."""
+    return {**{k: v for k, v in pairs if v is not None}, **extra}
 
 
 def _server_from_json(s: dict[str, Any]) -> Server:
