@@ -454,6 +454,39 @@ def test_cli_exit_codes(tmp_path, capsys):
         run_cli(common + [str(free_port())])
 
 
+def test_an_msrun_command_line_runs_with_msrun_flags_and_log_names(tmp_path, capsys):
+    """`msrun` changed to `mftasks launch`: msrun's flags, a bare script run with Python, msrun's log names."""
+    log, out = tmp_path / "msrun_log", tmp_path / "env"
+    (log).mkdir()
+    (log / "worker_1.log").write_text("msrun's own log\n")  # not ours: left alone
+    argv = ["launch", "--worker_num=2", "--local_worker_num=2", "--master_addr=127.0.0.1",
+            f"--master_port={free_port()}", "--node_rank=0", f"--log_dir={log}", "--join=False",
+            "--cluster_time_out=300", str(RANKS / "env_dump.py"), str(out)]
+    assert run_cli(argv) == 0
+    captured = capsys.readouterr()
+    assert "warning: --join False: mftasks launch always waits for its ranks" in captured.err
+    envs = read_json_files(out, 3)
+    assert all(envs[name]["MS_TOPO_TIMEOUT"] == "300" for name in ("rank_0", "rank_1", "scheduler"))
+    assert envs["rank_1"]["RANK_SIZE"] == "2"
+    assert os.readlink(log / "worker_0.log") == os.path.join("rank_0", "mindformer.log")
+    assert "hello 2 from rank_0" in (log / "worker_0.log").read_text()
+    assert (log / "worker_1.log").read_text() == "msrun's own log\n"
+    assert "worker_1.log exists and is not this launcher's link; left alone" in \
+        (log / "rank_1" / "mindformer.log").read_text()
+    assert (log / "scheduler.log").read_text().startswith("hello 0 from scheduler")
+
+
+def test_msrun_flags_that_disagree_are_listed_together(tmp_path):
+    with pytest.raises(LaunchSpecError) as err:
+        run_cli(["launch", "--worker_num=3", "--local_worker_num=2", "--cluster_time_out=5",
+                 "--env", "MS_TOPO_TIMEOUT=9", "train.py"])
+    msg = str(err.value)
+    assert "--worker_num 3 is not a multiple of --local_worker_num 2" in msg
+    assert "--cluster_time_out and --env MS_TOPO_TIMEOUT=... both set the cluster-building timeout" in msg
+    with pytest.raises(LaunchSpecError, match=r"--nproc-per-node \(msrun: --local_worker_num\) is required"):
+        run_cli(["launch", "--worker_num=2", "train.py"])
+
+
 # -- a real MindSpore dynamic cluster -----------------------------------------------------------------
 
 @pytest.mark.slow

@@ -14,7 +14,9 @@ The monitor loop, as the state diagram in `state.py` reads:
         process, one shared deadline of stop_grace seconds, then SIGKILL; grandchildren in the group go too.
 
 Logs go straight from the process to its file (the kernel writes them; a slow `on_line` can never block a
-rank, and the file is complete when the process exits). With `on_line`, a reader thread per process
+rank, and the file is complete when the process exits).  msrun's names stand beside them: `scheduler.log`
+is the scheduler's own log, and `worker_N.log` is a link to `rank_N/mindformer.log` (a `worker_N.log` that
+is not such a link, say from msrun itself, is left alone and the rank's log says so). With `on_line`, a reader thread per process
 follows its file and passes each line on as `on_line(rank, line)` (rank None for the scheduler).
 
 A launcher killed with SIGKILL cannot stop its ranks itself (they run in their own sessions on purpose, so
@@ -149,6 +151,8 @@ class Gang:
         open(st.log_path, "wb").close()  # truncate, then append: other writers (the Trainer's own
         log = open(st.log_path, "ab")    # FileHandler on the same file) interleave instead of clobbering
         _remove(st.error_path)           # an earlier launch's record in the same folder is not this one's
+        if st.rank is not None:
+            _link_msrun_name(st.log_path, os.path.join(self.spec.attempt_dir, f"worker_{st.rank}.log"))
         try:
             st.started_mono, st.started_wall = time.monotonic(), time.time()
             st.proc = subprocess.Popen(list(st.argv), env=st.env, cwd=self.spec.cwd, stdin=subprocess.DEVNULL,
@@ -428,3 +432,20 @@ def _append_note(path: str, text: str) -> None:
             f.write(text + "\n")
     except OSError:
         pass
+
+
+def _link_msrun_name(log_path: str, name: str) -> None:
+    """`name` (msrun's worker_N.log) as a relative link to the rank's log; an earlier launch's link is
+    replaced, anything else there is left alone with a note in the rank's log."""
+    target = os.path.relpath(log_path, os.path.dirname(name))
+    if os.path.islink(name):
+        if os.readlink(name) == target:
+            return
+        os.unlink(name)
+    elif os.path.lexists(name):
+        _append_note(log_path, f"[mftasks launcher] {name} exists and is not this launcher's link; left alone")
+        return
+    try:
+        os.symlink(target, name)
+    except OSError as exc:
+        _append_note(log_path, f"[mftasks launcher] cannot link {name} to this log: {exc}")
