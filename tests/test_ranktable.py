@@ -135,7 +135,9 @@ def test_generate_cluster_numbers_ranks_across_servers():
     with pytest.raises(ConfigError) as e:
         generate_cluster([{"server_id": "a", "device_ids": [0], "device_ips": []}, {"host": "b"},
                           ServerSpec("10.0.0.3", [0], ["192.1.1.1"])])
-    assert "spec[0]: 0 device_ips for 1 device_ids" in str(e.value) and "spec[1]: unknown key ['host']" in str(e.value)
+    assert "spec[0].device_ips=[]: 0 IPs for 1 device ids" in str(e.value)
+    assert "unknown key 'host' at spec[1].host in cluster spec" in str(e.value)
+    assert "spec[1]: missing required key(s) server_id, device_ids, device_ips" in str(e.value)
 
 
 # --- validation of bad tables ---------------------------------------------------------------------

@@ -9,10 +9,11 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from mftasks.errors import ConfigError, OutputExistsError
 from mftasks.files import atomic_write_bytes
+from mftasks.typed_config import Checks, TypedConfig
 
 from .table import Device, RankTable, RankTableError, Server, SuperPod
 from .validation import MAX_DEVICES_PER_SERVER, _compact, _ip_problem, validate
@@ -148,16 +149,26 @@ def generate(server_ip: str, device_ids: Sequence[int], device_ips: Sequence[str
 
 
 @dataclass
-class ServerSpec:
+class ServerSpec(TypedConfig):
     """One server of an explicit cluster description."""
 
     server_id: str
     """Host IP (or unique name) written as `server_id`."""
     device_ids: list[int]
+    """Physical device numbers, 0..15."""
     device_ips: list[str]
     """One IP per device id, same order."""
     pod_ip: str | None = None
     container_ip: str | None = None
+
+    HAND_CHECKED: ClassVar[tuple[str, ...]] = ("device_ids",)  # its message names the valid range
+
+    def _check(self, c: Checks) -> None:
+        id_problems = _device_id_problems(self.device_ids, "device_ids")
+        c.extend(id_problems)
+        if not id_problems and c.ok("device_ips") and len(self.device_ips) != len(self.device_ids):
+            c.problem(f"device_ips={self.device_ips!r}: {len(self.device_ips)} IPs for {len(self.device_ids)} "
+                      "device ids; give one IP per device, in the same order")
 
 
 def generate_cluster(spec: Sequence[ServerSpec | Mapping[str, Any]]) -> RankTable:
@@ -169,25 +180,12 @@ def generate_cluster(spec: Sequence[ServerSpec | Mapping[str, Any]]) -> RankTabl
     where = "cluster spec"
     problems: list[str] = []
     specs: list[ServerSpec] = []
-    names = {f.name for f in dataclasses.fields(ServerSpec)}
     for i, item in enumerate(spec):
-        if isinstance(item, Mapping):
-            unknown = sorted(set(item) - names)
-            if unknown:
-                problems.append(f"spec[{i}]: unknown key{'s' if len(unknown) > 1 else ''} {unknown}; "
-                                f"valid keys are {sorted(names)}")
-                continue
-            try:
-                item = ServerSpec(**item)
-            except TypeError as exc:
-                problems.append(f"spec[{i}]: {exc}; give server_id, device_ids and device_ips")
-                continue
-        id_problems = _device_id_problems(item.device_ids, f"spec[{i}].device_ids")
-        problems += id_problems
-        if not id_problems and len(item.device_ips) != len(item.device_ids):
-            problems.append(f"spec[{i}]: {len(item.device_ips)} device_ips for {len(item.device_ids)} device_ids; "
-                            f"give one IP per device, in the same order")
-        specs.append(item)
+        if not isinstance(item, ServerSpec):  # a dict: unknown, missing and bad keys all named, at spec[i]
+            item, found = ServerSpec.build(item, where=where, path=f"spec[{i}]")
+            problems += found
+        if item is not None:
+            specs.append(item)
     if not specs and not problems:
         problems.append("no servers; give at least one")
     ConfigError.raise_if(problems, where)
