@@ -49,3 +49,31 @@ def test_an_edited_spec_is_checked_again_before_anything_is_written(tmp_path, mo
     with pytest.raises(ConfigError, match=r"training\.batch_size=0") as err:
         run_stage(spec, "work")
     assert err.value.where == "stage train" and not any(tmp_path.iterdir())
+
+
+LAUNCH_ONLY = {"name", "nproc", "nnodes", "node_rank", "master_addr", "master_port", "timeout", "hang_timeout",
+               "predict_data"}
+"""StageSpec fields the gang launch uses (folders, cluster, limits, the prompts file), not the run config."""
+
+
+def _flat(section: dict) -> dict:
+    """Every key of a nested run config with its value (no key is in two sections a stage sets)."""
+    out = {}
+    for key, value in section.items():
+        out.update(_flat(value) if isinstance(value, dict) else {key: value})
+    return out
+
+
+def test_each_stage_setting_reaches_the_run_config_under_its_own_name(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "manifest.json").write_text("{}")
+    spec = StageSpec(name="s", run_mode="finetune", output_dir=str(tmp_path / "out"), model_type="gpt2_small_cpu",
+                     pet_method="lora", train_dataset=str(data), eval_dataset=str(data), load_checkpoint=str(data),
+                     batch_size=3, max_steps=7, learning_rate=2e-3, warmup_steps=1, save_steps=5, logging_steps=2,
+                     seed=11, dropout=0.25, lora_rank=2, lora_alpha=4.0, max_new_tokens=5)
+    written = _flat(spec.run_config().to_dict())
+    carried = {f for f in StageSpec.field_names() if f not in LAUNCH_ONLY}
+    assert carried <= set(written), carried - set(written)  # a new field is carried, or named in LAUNCH_ONLY
+    assert {f: written[f] for f in carried} == {f: getattr(spec, f) for f in carried}
+    assert written["attention_dropout"] == spec.dropout  # dropout sets both
