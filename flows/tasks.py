@@ -132,6 +132,7 @@ def launch_ranks(spec: StageSpec, work_dir: str) -> dict:
     except StageFailed as exc:
         log.error("stage %s failed (%s%s): %s", spec.name, exc.result.failure_class.value,
                   ", will retry" if exc.retryable else ", not retryable", exc.result.root_cause.describe())
+        _verdict_artifact(spec.name, exc, attempt)
         _rank_table_artifact(spec.name, exc.result.rank_rows())
         raise
     finally:
@@ -139,6 +140,17 @@ def launch_ranks(spec: StageSpec, work_dir: str) -> dict:
             progress.stop()
     _rank_table_artifact(spec.name, result.ranks)
     return result.to_dict()
+
+
+def _verdict_artifact(stage: str, exc: StageFailed, attempt: int) -> None:
+    """The launcher's verdict on a failed attempt, as data (the log line above says the same to a person);
+    one version of `verdict-<stage>` per failed attempt."""
+    cause = exc.result.root_cause
+    row = {"stage": stage, "class": cause.failure_class.value, "retryable": exc.retryable, "who": cause.who,
+           "what": f"{cause.who} {cause.message}", "elapsed_s": round(cause.elapsed, 3), "attempt": attempt,
+           "message": cause.describe()}
+    create_table_artifact(table=[row], key=f"verdict-{stage.replace('_', '-')}",
+                          description=f"launcher verdict on attempt {attempt + 1} of stage {stage}")
 
 
 def _rank_table_artifact(stage: str, rows: list[dict]) -> None:

@@ -1,6 +1,7 @@
 """The Prefect layer under a test harness: tasks via .fn(), caching by dataset_id, retries, concurrency."""
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -98,6 +99,42 @@ def test_retry_condition_follows_the_failure_class():
     assert tasks._retry_if_retryable(None, None, state_of(StageFailed("train", _FakeResult(True)))) is True
     assert tasks._retry_if_retryable(None, None, state_of(StageFailed("train", _FakeResult(False)))) is False
     assert tasks._retry_if_retryable(None, None, state_of(ConfigError("bad"))) is False
+
+
+def test_a_failed_launch_publishes_its_verdict_as_a_table(monkeypatch, tmp_path):
+    """What the fault tests read instead of the log line: one row per failed attempt under `verdict-<stage>`."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from mftasks.launcher.result import FailureClass, RankFailure
+
+    cause = RankFailure(FailureClass.KILLED, rank=1, signal="SIGKILL", message="was killed by SIGKILL",
+                        elapsed=3.2109, ranks=(1,))
+
+    class Result(_FakeResult):
+        root_cause, failure_class = cause, cause.failure_class
+
+        def rank_rows(self):
+            return [{"rank": 1, "failure_class": "killed"}]
+
+    def failing(spec, work_dir, attempt=0, on_line=None):
+        raise StageFailed(spec.name, Result(True))
+
+    monkeypatch.setattr(tasks, "run_stage", failing)
+
+    @flow
+    def one_stage():
+        tasks.launch_ranks.fn(StageSpec(name="eval_before", run_mode="eval", output_dir=str(tmp_path)), str(tmp_path))
+
+    with pytest.raises(StageFailed):
+        one_stage()
+    with get_client(sync_client=True) as c:
+        found = c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["verdict-eval-before"])))
+    assert [a.type for a in found] == ["table"]
+    assert json.loads(found[0].data) == [{
+        "stage": "eval_before", "class": "killed", "retryable": True, "who": "rank 1",
+        "what": "rank 1 was killed by SIGKILL", "elapsed_s": 3.211, "attempt": 0,
+        "message": "rank 1 was killed by SIGKILL after 3.21 s [killed, retryable]"}]
 
 
 def test_launch_takes_one_device_slot_per_rank(monkeypatch, tmp_path):
