@@ -6,6 +6,12 @@ MindFormers GPT-2 is a table of names plus shape checks.  Dense weights are stor
 
 Shapes: B batch, T tokens, C = n_embd, nh = n_head, hs = head_dim, V = vocab_size, L = cache length.
 
+Tensor and pipeline parallelism (`mftasks.parallel`): given a `ParallelState` (layout + this rank's place),
+the same classes build one rank's part: n_head / mp heads per rank with column-parallel `c_attn`/`c_fc` and
+row-parallel `c_proj`, a vocabulary-parallel `wte` unless vocab_emb_dp, and on a pipeline stage only its
+blocks (named by their global index), the embeddings on the first stage and ln_f + the tied head on the
+last (which holds its own copy of `wte`).  Without a state (the default) nothing changes.
+
 Two forwards share the same blocks:
 - `construct(input_ids)`: the usual causal forward, positions 0..T-1, logits (B, T, V).
 - `forward_with_cache(...)`: writes the new keys/values into a fixed-shape cache at `input_pos` and
@@ -19,6 +25,7 @@ in cells built after the change.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import mindspore as ms
 import numpy as np
@@ -27,22 +34,36 @@ from mindspore.common.initializer import Normal
 
 from mftasks.model.config import GPT2Config
 
+if TYPE_CHECKING:
+    from mftasks.parallel.groups import ParallelState
+
 _MASKED = -1e9  # added to attention scores of masked keys (finite: a fully masked row gives no NaN)
 
 
+def _linear(kind: str, n_in: int, n_out: int, std: float, parallel: ParallelState | None) -> nn.Cell:
+    """nn.Dense, or its column / row-parallel form when the model is split over an mp group."""
+    if parallel is None or parallel.mp_size == 1:
+        return nn.Dense(n_in, n_out, weight_init=Normal(std), bias_init="zeros")
+    from mftasks.parallel.layers import ColumnParallelLinear, RowParallelLinear
+
+    cls = ColumnParallelLinear if kind == "column" else RowParallelLinear
+    return cls(n_in, n_out, mp_size=parallel.mp_size, group=parallel.tp_group, weight_init=Normal(std))
+
+
 class CausalSelfAttention(nn.Cell):
-    def __init__(self, config: GPT2Config):
+    def __init__(self, config: GPT2Config, parallel: ParallelState | None = None):
         super().__init__()
         C, std = config.n_embd, config.initializer_range
-        self.n_head, self.head_dim = config.n_head, config.head_dim
-        self.c_attn = nn.Dense(C, 3 * C, weight_init=Normal(std), bias_init="zeros")  # fused q, k, v
-        self.c_proj = nn.Dense(C, C, weight_init=Normal(std / math.sqrt(2 * config.n_layer)), bias_init="zeros")
+        mp = parallel.mp_size if parallel is not None else 1
+        self.n_head, self.head_dim = config.n_head // mp, config.head_dim  # this rank's heads
+        self.c_attn = _linear("column", C, 3 * C, std, parallel)  # fused q, k, v (per rank: its heads' q, k, v)
+        self.c_proj = _linear("row", C, C, std / math.sqrt(2 * config.n_layer), parallel)
         self.attn_dropout = nn.Dropout(p=config.attention_dropout)
         self.resid_dropout = nn.Dropout(p=config.dropout)
 
     def _qkv(self, x):
-        B, T, C = x.shape
-        q, k, v = ops.split(self.c_attn(x), C, axis=2)  # 3 x (B, T, C)
+        B, T, _ = x.shape
+        q, k, v = ops.split(self.c_attn(x), self.n_head * self.head_dim, axis=2)  # 3 x (B, T, C) (C / mp per rank)
         # (B, T, C) -> (B, nh, T, hs)
         q = q.reshape(B, T, self.n_head, self.head_dim).transpose(0, 2, 1, 3)
         k = k.reshape(B, T, self.n_head, self.head_dim).transpose(0, 2, 1, 3)
@@ -80,12 +101,12 @@ def _write(cache, new, write_index, written):
 
 
 class MLP(nn.Cell):
-    def __init__(self, config: GPT2Config):
+    def __init__(self, config: GPT2Config, parallel: ParallelState | None = None):
         super().__init__()
         C, std = config.n_embd, config.initializer_range
-        self.c_fc = nn.Dense(C, 4 * C, weight_init=Normal(std), bias_init="zeros")
+        self.c_fc = _linear("column", C, 4 * C, std, parallel)
         self.gelu = nn.GELU(approximate=True)  # GPT-2's tanh approximation
-        self.c_proj = nn.Dense(4 * C, C, weight_init=Normal(std / math.sqrt(2 * config.n_layer)), bias_init="zeros")
+        self.c_proj = _linear("row", 4 * C, C, std / math.sqrt(2 * config.n_layer), parallel)
         self.dropout = nn.Dropout(p=config.dropout)
 
     def construct(self, x):
@@ -93,12 +114,12 @@ class MLP(nn.Cell):
 
 
 class Block(nn.Cell):
-    def __init__(self, config: GPT2Config):
+    def __init__(self, config: GPT2Config, parallel: ParallelState | None = None):
         super().__init__()
         self.ln_1 = nn.LayerNorm((config.n_embd,), epsilon=config.layer_norm_epsilon)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, parallel)
         self.ln_2 = nn.LayerNorm((config.n_embd,), epsilon=config.layer_norm_epsilon)
-        self.mlp = MLP(config)
+        self.mlp = MLP(config, parallel)
 
     def construct(self, x, mask_bias):
         x = x + self.attn(self.ln_1(x), mask_bias)
@@ -114,25 +135,47 @@ class Block(nn.Cell):
 
 
 class GPT2Model(nn.Cell):
-    """The decoder stack: embeddings, blocks, final LayerNorm (held as `transformer`)."""
+    """The decoder stack: embeddings, blocks, final LayerNorm (held as `transformer`).
 
-    def __init__(self, config: GPT2Config):
+    With `parallel`, one rank's part: the first stage holds wte, wpe; the last ln_f and (for the tied head)
+    its own wte; every stage its blocks, named transformer.h.<global index>."""
+
+    def __init__(self, config: GPT2Config, parallel: ParallelState | None = None):
         super().__init__()
         std = config.initializer_range
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd, embedding_table=Normal(std))
-        self.wpe = nn.Embedding(config.seq_length, config.n_embd, embedding_table=Normal(std))
-        self.drop = nn.Dropout(p=config.dropout)
-        self.h = nn.CellList([Block(config) for _ in range(config.n_layer)])
-        self.ln_f = nn.LayerNorm((config.n_embd,), epsilon=config.layer_norm_epsilon)
+        layers, first, last = range(config.n_layer), True, True
+        if parallel is not None:
+            from mftasks.parallel.layout import stage_layers
+
+            layers = stage_layers(parallel.layout, config.n_layer, parallel.place.stage)
+            first, last = parallel.place.is_first_stage, parallel.place.is_last_stage
+        self.first_layer = layers.start
+        if first or last:
+            self.wte = _word_embedding(config, parallel)
+        if first:
+            self.wpe = nn.Embedding(config.seq_length, config.n_embd, embedding_table=Normal(std))
+            self.drop = nn.Dropout(p=config.dropout)
+        self.h = nn.CellList([Block(config, parallel) for _ in layers]) if not layers.start else \
+            _StageBlocks([Block(config, parallel) for _ in layers], layers.start)
+        if last:
+            self.ln_f = nn.LayerNorm((config.n_embd,), epsilon=config.layer_norm_epsilon)
 
     def construct(self, input_ids):
-        T = input_ids.shape[1]
-        pos = ops.arange(T, dtype=ms.int32)  # (T,)
+        return self.blocks(self.embed(input_ids))  # (B, T, C), before ln_f
+
+    def embed(self, input_ids):
+        """input_ids (B, T) int32 -> token + position embeddings (B, T, C) (first stage)."""
+        pos = ops.arange(input_ids.shape[1], dtype=ms.int32)  # (T,)
+        return self.drop(self.wte(input_ids) + self.wpe(pos))  # (B, T, C)
+
+    def blocks(self, x):
+        """This model's (or stage's) blocks over x (B, T, C), causal."""
+        T = x.shape[1]
+        pos = ops.arange(T, dtype=ms.int32)
         mask_bias = _mask_bias(pos.reshape(1, 1, 1, T) <= pos.reshape(1, 1, T, 1))  # (1, 1, T, T) causal
-        x = self.drop(self.wte(input_ids) + self.wpe(pos))  # (B, T, C)
         for block in self.h:
             x = block(x, mask_bias)
-        return x  # (B, T, C), before ln_f
+        return x
 
     def forward_with_cache(self, input_ids, input_pos, k_cache, v_cache):
         # input_ids (B, T) int32 sit at positions input_pos[b] + t; input_pos (B,) int32;
@@ -155,21 +198,72 @@ class GPT2Model(nn.Cell):
         return x, ops.stack(new_k), ops.stack(new_v)  # (B, T, C), 2 x (n_layer, B, nh, L, hs)
 
 
-class GPT2LMHeadModel(nn.Cell):
-    """GPT-2 with the language-model head tied to the token embedding."""
+class _StageBlocks(nn.CellList):
+    """The blocks of a later pipeline stage, keyed by their global index (so stage 1 of 2 over 4 layers holds
+    transformer.h.2 and transformer.h.3); indexing stays local (self.h[0] is its first block)."""
 
-    def __init__(self, config: GPT2Config):
+    def __init__(self, blocks: list[nn.Cell], first: int):
+        super().__init__(blocks)
+        self.first = first
+        self._cells = type(self._cells)((str(first + i), b) for i, b in enumerate(self._cells.values()))
+        self.update_parameters_name()
+
+    def __getitem__(self, index):
+        if isinstance(index, int):
+            return list(self._cells.values())[index]
+        return super().__getitem__(index)
+
+
+def _word_embedding(config: GPT2Config, parallel: ParallelState | None) -> nn.Cell:
+    std = config.initializer_range
+    if parallel is not None and parallel.vocab_parallel:
+        from mftasks.parallel.layers import VocabParallelEmbedding
+
+        return VocabParallelEmbedding(config.vocab_size, config.n_embd, mp_rank=parallel.mp_rank,
+                                      mp_size=parallel.mp_size, group=parallel.tp_group, embedding_table=Normal(std))
+    return nn.Embedding(config.vocab_size, config.n_embd, embedding_table=Normal(std))
+
+
+class GPT2LMHeadModel(nn.Cell):
+    """GPT-2 with the language-model head tied to the token embedding.
+
+    `parallel` (mftasks.parallel.groups.ParallelState): build only this rank's part (see GPT2Model); with a
+    vocabulary-parallel wte the head gives this rank's logit columns (B, T, V / mp) and `token_nll` uses
+    the vocabulary-parallel cross-entropy."""
+
+    def __init__(self, config: GPT2Config, parallel: ParallelState | None = None):
         super().__init__()
         self.config = config
-        self.transformer = GPT2Model(config)
+        self.parallel = parallel
+        self.transformer = GPT2Model(config, parallel)
         self.lm_head_matmul = ops.MatMul(transpose_b=True)  # tied head: no parameter of its own
+        self.vocab_ce = None
+        if parallel is not None and parallel.vocab_parallel and parallel.place.is_last_stage:
+            from mftasks.parallel.layers import VocabParallelCrossEntropy
+            from mftasks.parallel.mappings import copy_to_model_parallel_region
+
+            self.head_copy = copy_to_model_parallel_region(parallel.tp_group)
+            self.vocab_ce = VocabParallelCrossEntropy(self.transformer.wte.vocab_start, parallel.mp_size,
+                                                      parallel.tp_group)
 
     def _logits(self, x):
         x = self.transformer.ln_f(x)  # (..., C)
+        if self.vocab_ce is not None:
+            x = self.head_copy(x)  # each rank's head sees all of x; its gradient is summed over the mp group
         lead = x.shape[:-1]
         # x @ wte^T without materialising the (C, V) transpose: (N, C) x (V, C)^T -> (N, V)
         logits = self.lm_head_matmul(x.reshape(-1, x.shape[-1]), self.transformer.wte.embedding_table)
-        return logits.reshape(lead + (-1,))  # (..., V)
+        return logits.reshape(lead + (-1,))  # (..., V)  (V / mp per rank when the vocabulary is split)
+
+    def token_nll(self, x, labels):
+        """Cross-entropy (B, T) of labels (B, T) under the head applied to hidden states x (B, T, C)."""
+        logits = self._logits(x)  # (B, T, V)
+        B, T, V = logits.shape
+        if self.vocab_ce is not None:
+            nll = self.vocab_ce(logits.reshape(B * T, V), labels.reshape(B * T))
+        else:
+            nll = ops.cross_entropy(logits.reshape(B * T, V), labels.reshape(B * T), reduction="none")
+        return nll.reshape(B, T)
 
     def construct(self, input_ids, logits_idx=None):
         """input_ids (B, T) int32 -> logits (B, T, V) float32; with logits_idx (B,) only (B, V) at those."""
@@ -199,10 +293,7 @@ def _token_losses(model, input_ids, attention_mask):
     """Per-token cross-entropy and label mask, both (B, T), for samples of T + 1 tokens."""
     tokens, labels = input_ids[:, :-1], input_ids[:, 1:]  # (B, T) each
     mask = attention_mask[:, 1:].astype(ms.float32)  # (B, T), 1 = real label
-    logits = model(tokens)  # (B, T, V)
-    B, T, V = logits.shape
-    nll = ops.cross_entropy(logits.reshape(B * T, V), labels.reshape(B * T), reduction="none")
-    return nll.reshape(B, T), mask
+    return model.token_nll(model.transformer(tokens), labels), mask
 
 
 class GPT2WithLoss(nn.Cell):

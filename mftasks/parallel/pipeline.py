@@ -1,0 +1,265 @@
+"""The training step of a dp x mp x pp layout, driven from Python (Megatron's `pipeline_parallel/schedules.py`).
+
+Schedule: GPipe ("all forwards, then all backwards", Megatron's pipelining without interleaving written
+the GPipe way), chosen over 1F1B for its simple, deadlock-free order with AllReduce-as-send: every
+neighbour pair exchanges its micro-batches in the same order, forward then backward.  Each stage compiles
+(GRAPH mode, once per shape):
+- not the last stage: `forward` (inputs -> hidden) and `backward` (inputs, d hidden -> d inputs, parameter
+  grads via GradOperation with sens_param).  The backward recomputes the stage's forward, so a stage keeps
+  only its micro-batches' inputs (activation recompute per stage; the bubble is (pp - 1) / (M + pp - 1)
+  of the step plus that recompute).  Hence dropout must be 0 with pp > 1 (a recomputed forward draws new
+  masks); `step_problems` refuses it.
+- the last stage: loss and all gradients in one graph per micro-batch.
+With pp = 1 the micro-batches are plain gradient accumulation (`forward_backward_no_pipelining`).
+
+One optimizer step (`ParallelTrainStep`), on this rank's replica share of the global batch:
+1. loss scale = 1 / (label tokens of the global batch) (the token count is summed over the dp group), so
+   the micro-batch losses sum to the 1-process loss, a token-weighted mean over the global batch;
+2. the schedule accumulates parameter gradients over micro_batch_num micro-batches;
+3. the tied embedding's gradient is summed over the embedding group (first + last stage, pp > 1);
+4. gradients are summed over the data-parallel group (one flat AllReduce);
+5. the global gradient norm (every element counted once: split slices on each mp rank, replicated
+   parameters on mp rank 0, the tied embedding on the first stage) is summed over the replica's model
+   group, and the gradients are clipped as `ops.clip_by_global_norm` does;
+6. the optimizer (the Trainer's: `mftasks.optim.build_optimizer` over `model.trainable_params()`) steps;
+7. the reported loss is summed over the world group: the same global-batch mean on every rank.
+
+CPU-tested with mp2, pp2, dp2 x mp2 and mp2 x pp2 against one process (tests/test_parallel_parity.py);
+Ascend/GPU untested.  Not implemented (refused by `step_problems`): optimizer_shard, use_seq_parallel,
+micro_batch_interleave_num > 1, dropout with pp > 1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mindspore as ms
+import numpy as np
+from mindspore import nn, ops
+
+from mftasks.errors import ConfigError
+from mftasks.model.config import GPT2Config
+from mftasks.model.gpt2 import GPT2LMHeadModel
+
+from .groups import ParallelState
+from .layout import layout_problems
+from .mappings import PipeTransfer
+from .shards import split_axis, tied_copy
+
+__all__ = [
+    "ParallelTrainStep", "PipelineStage", "StepResult", "forward_backward_no_pipelining",
+    "forward_backward_pipelining_without_interleaving", "step_problems",
+]
+
+
+def step_problems(state: ParallelState, config: GPT2Config) -> list[str]:
+    """What this module cannot (yet) run for the layout, each naming its field."""
+    pc, problems = state.layout, []
+    if pc.optimizer_shard:
+        problems.append("optimizer_shard=True: optimizer-state sharding is not implemented by mftasks.parallel "
+                        "yet; set it to false")
+    if pc.use_seq_parallel:
+        problems.append("use_seq_parallel=True: sequence parallelism is not implemented; set it to false")
+    if pc.micro_batch_interleave_num > 1:
+        problems.append(f"micro_batch_interleave_num={pc.micro_batch_interleave_num}: not implemented; set it to 1")
+    if pc.pipeline_stage > 1 and (config.dropout or config.attention_dropout):
+        problems.append(f"dropout={config.dropout}, attention_dropout={config.attention_dropout} with "
+                        f"pipeline_stage={pc.pipeline_stage}: a stage's backward recomputes its forward with new "
+                        "dropout masks; set both to 0 (or pipeline_stage: 1)")
+    return problems
+
+
+def _embed_or_pass(model: GPT2LMHeadModel, first: bool, inp):
+    return model.transformer.embed(inp[:, :-1]) if first else inp  # first stage: samples of T + 1 tokens
+
+
+class StageForward(nn.Cell):
+    """A non-last stage: input_ids (B, T+1) on the first stage, else hidden (B, T, C) -> hidden (B, T, C)."""
+
+    def __init__(self, model: GPT2LMHeadModel, first: bool):
+        super().__init__(auto_prefix=False)
+        self.model, self.first = model, first
+
+    def construct(self, inp):
+        return self.model.transformer.blocks(_embed_or_pass(self.model, self.first, inp))
+
+
+class StageLoss(nn.Cell):
+    """The last stage: (input, input_ids, attention_mask, scale) -> scale * sum of the masked token losses."""
+
+    def __init__(self, model: GPT2LMHeadModel, first: bool):
+        super().__init__(auto_prefix=False)
+        self.model, self.first = model, first
+
+    def construct(self, inp, input_ids, attention_mask, scale):
+        x = self.model.transformer.blocks(_embed_or_pass(self.model, self.first, inp))
+        nll = self.model.token_nll(x, input_ids[:, 1:])
+        return (nll * attention_mask[:, 1:].astype(ms.float32)).sum() * scale
+
+
+class _LossAndGrads(nn.Cell):
+    def __init__(self, net, weights, input_grad: bool):
+        super().__init__(auto_prefix=False)
+        self.net, self.weights = net, weights
+        self.grad = ops.GradOperation(get_all=input_grad, get_by_list=True)
+
+    def construct(self, inp, input_ids, attention_mask, scale):
+        loss = self.net(inp, input_ids, attention_mask, scale)
+        return loss, self.grad(self.net, self.weights)(inp, input_ids, attention_mask, scale)
+
+
+class _StageBackward(nn.Cell):
+    def __init__(self, net, weights, input_grad: bool):
+        super().__init__(auto_prefix=False)
+        self.net, self.weights = net, weights
+        self.grad = ops.GradOperation(get_all=input_grad, get_by_list=True, sens_param=True)
+
+    def construct(self, inp, d_out):
+        return self.grad(self.net, self.weights)(inp, d_out)
+
+
+class PipelineStage:
+    """This rank's compiled stage: its graphs and its transfers to the neighbouring stages."""
+
+    def __init__(self, model: GPT2LMHeadModel, state: ParallelState):
+        place = state.place
+        self.first, self.last = place.is_first_stage, place.is_last_stage
+        self.hidden = model.config.n_embd
+        self.weights = ms.ParameterTuple(model.trainable_params())
+        if self.last:
+            self.loss_and_grads = _LossAndGrads(StageLoss(model, self.first), self.weights, not self.first)
+        else:
+            self.forward = StageForward(model, self.first)
+            self.backward = _StageBackward(self.forward, self.weights, not self.first)
+        self.to_next = PipeTransfer(state.next_stage_group) if state.next_stage_group else None
+        self.to_prev = PipeTransfer(state.prev_stage_group) if state.prev_stage_group else None
+
+    def hidden_shape(self, input_ids: ms.Tensor) -> tuple[int, int, int]:
+        B, T1 = input_ids.shape
+        return B, T1 - 1, self.hidden
+
+
+MicroBatch = tuple[ms.Tensor, ms.Tensor]  # (input_ids, attention_mask), int32 (b, T + 1) each
+
+
+def _add(acc, grads):
+    return tuple(grads) if acc is None else tuple(a + g for a, g in zip(acc, grads))
+
+
+def forward_backward_no_pipelining(stage: PipelineStage, micro_batches: list[MicroBatch], scale: ms.Tensor):
+    """One stage holds the whole model: (sum of scaled micro-batch losses, gradients summed over them)."""
+    loss, acc = 0.0, None
+    for ids, mask in micro_batches:
+        mb_loss, grads = stage.loss_and_grads(ids, ids, mask, scale)
+        loss, acc = loss + float(mb_loss.asnumpy()), _add(acc, grads)
+    return loss, acc
+
+
+def forward_backward_pipelining_without_interleaving(stage: PipelineStage, micro_batches: list[MicroBatch],
+                                                     scale: ms.Tensor):
+    """GPipe over the stages: every micro-batch forward (receiving from / sending to the neighbours), then
+    every backward in the same order.  Returns (this stage's sum of scaled losses: 0 unless last, grads)."""
+    loss, acc, saved, d_inputs = 0.0, None, [], []
+    for ids, mask in micro_batches:
+        inp = ids if stage.first else stage.to_prev.recv(stage.hidden_shape(ids))
+        if stage.last:
+            mb_loss, (in_grads, grads) = stage.loss_and_grads(inp, ids, mask, scale)
+            loss, acc = loss + float(mb_loss.asnumpy()), _add(acc, grads)
+            d_inputs.append(in_grads[0])
+        else:
+            stage.to_next.send(stage.forward(inp))
+            saved.append(inp)
+    for i, (ids, _) in enumerate(micro_batches):
+        if not stage.last:
+            out = stage.backward(saved[i], stage.to_next.recv(stage.hidden_shape(ids)))
+            grads = out if stage.first else out[1]
+            acc = _add(acc, grads)
+            if not stage.first:
+                d_inputs.append(out[0][0])
+        if not stage.first:
+            stage.to_prev.send(d_inputs[i])
+    return loss, acc
+
+
+@dataclass(frozen=True)
+class StepResult:
+    loss: float
+    """Token-weighted mean loss over the global batch (the same on every rank)."""
+    grad_norm: float
+    """Global gradient norm before clipping."""
+
+
+class ParallelTrainStep:
+    """One optimizer step of this rank for its layout (see the module docstring for the order of work).
+
+        step = ParallelTrainStep(model, state, build_optimizer(model.trainable_params(), args, lrs),
+                                 args.max_grad_norm)
+        result = step(input_ids, attention_mask)   # this replica's rows of the global batch, numpy int32
+
+    Every rank of a replica (its mp x pp ranks) passes the same rows; replica d gets rows
+    [d * B/dp, (d + 1) * B/dp) of the global batch (any split of the global batch gives the same step).
+    """
+
+    def __init__(self, model: GPT2LMHeadModel, state: ParallelState, optimizer: nn.Optimizer,
+                 max_grad_norm: float | None = None):
+        pc = state.layout
+        problems = layout_problems(pc, model.config) + step_problems(state, model.config)
+        ConfigError.raise_if(problems, where="ParallelTrainStep")
+        self.state, self.optimizer, self.max_grad_norm = state, optimizer, max_grad_norm
+        self.stage = PipelineStage(model, state)
+        self.micro = pc.micro_batch_num
+        self.names = [p.name for p in self.stage.weights]
+        place = state.place
+        # Elements counted in the global norm: split slices everywhere, replicated ones on mp rank 0, the
+        # last stage's copy of the tied embedding never.
+        self.norm_mask = [not tied_copy(n, place) and (split_axis(n, pc) is not None or place.mp_rank == 0)
+                          for n in self.names]
+        self.wte = self.names.index("transformer.wte.embedding_table") if state.embedding_group else None
+        self.schedule = (forward_backward_pipelining_without_interleaving if pc.pipeline_stage > 1
+                         else forward_backward_no_pipelining)
+        self._sum = {}
+
+    def _all_reduce(self, x: ms.Tensor, group: str | None) -> ms.Tensor:
+        if group is None:
+            return x
+        if group not in self._sum:
+            self._sum[group] = ops.AllReduce(group=group) if group != "world" else ops.AllReduce()
+        return self._sum[group](x)
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> StepResult:
+        st = self.state
+        B = input_ids.shape[0]
+        if B % self.micro:
+            raise ConfigError(f"{B} rows per replica are not divisible by micro_batch_num={self.micro}",
+                              where="ParallelTrainStep")
+        tokens = np.array([attention_mask[:, 1:].sum()], dtype=np.float32)
+        tokens = float(self._all_reduce(ms.Tensor(tokens), st.dp_group).asnumpy()[0])
+        scale = ms.Tensor(1.0 / max(tokens, 1.0), ms.float32)
+        b = B // self.micro
+        micro = [(ms.Tensor(input_ids[i:i + b], ms.int32), ms.Tensor(attention_mask[i:i + b], ms.int32))
+                 for i in range(0, B, b)]
+        loss, grads = self.schedule(self.stage, micro, scale)
+        grads = list(grads)
+        if self.wte is not None:
+            grads[self.wte] = self._all_reduce(grads[self.wte], st.embedding_group)
+        grads = self._dp_sum(grads)
+        norm = self._global_norm(grads)
+        if self.max_grad_norm:
+            coef = ms.Tensor(self.max_grad_norm / max(norm, self.max_grad_norm), ms.float32)
+            grads = [g * coef for g in grads]
+        self.optimizer(tuple(grads))
+        mine = loss / st.mp_size if st.place.is_last_stage else 0.0
+        world = st.layout.world_size > 1
+        total = self._all_reduce(ms.Tensor([mine], ms.float32), "world" if world else None)
+        return StepResult(float(total.asnumpy()[0]) if world else mine, norm)
+
+    def _dp_sum(self, grads: list[ms.Tensor]) -> list[ms.Tensor]:
+        if self.state.dp_group is None:
+            return grads
+        flat = self._all_reduce(ops.cat([g.reshape(-1) for g in grads]), self.state.dp_group)
+        parts = ops.split(flat, [int(np.prod(g.shape)) for g in grads])
+        return [p.reshape(g.shape) for p, g in zip(parts, grads)]
+
+    def _global_norm(self, grads: list[ms.Tensor]) -> float:
+        squares = [ops.square(g).sum() for g, keep in zip(grads, self.norm_mask) if keep]
+        local = ops.stack(squares).sum().reshape(1) if squares else ms.Tensor([0.0], ms.float32)
+        return float(np.sqrt(self._all_reduce(local, self.state.model_group).asnumpy()[0]))

@@ -1,0 +1,165 @@
+"""A real rank for the parallel parity tests: trains a tiny GPT-2 under one or more layouts and writes,
+per layout, OUT/<tag>/rank_<r>.json (per-step losses, grad norms, this rank's parameter shapes) and
+OUT/<tag>/rank_<r>.npz (its final parameters, full-model names).
+
+    mftasks launch --nproc-per-node 2 -- python tests/parallel/parity_rank.py OUT 1,2,1,1,0 1,1,2,2,1
+
+A layout is dp,mp,pp,micro_batch_num,vocab_emb_dp.  The 1-process reference (`reference_run`) is imported
+by the test and run in its own process: same seed, same initial weights, same global batches.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("GLOG_v", "3")
+
+import numpy as np  # noqa: E402
+
+SEED, STEPS, GLOBAL_BATCH, SEQ, VOCAB = 1234, 12, 8, 16, 96
+
+
+def tiny_config(n_layer: int = 2):
+    from mftasks.model.config import GPT2Config
+
+    return GPT2Config(name="custom", n_layer=n_layer, n_embd=64, n_head=4, seq_length=SEQ, vocab_size=VOCAB,
+                      dropout=0.0, attention_dropout=0.0)
+
+
+def training_args():
+    from mftasks.training_args import TrainingArguments
+
+    return TrainingArguments(learning_rate=2e-3, warmup_steps=2, weight_decay=0.1, max_grad_norm=1.0,
+                             lr_scheduler_type="cosine")
+
+
+def global_batches(steps: int = STEPS) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per step: input_ids and attention_mask (GLOBAL_BATCH, SEQ + 1) int32.  Rows are learnable sequences
+    (start + stride * t, modulo); every third row is padded at the end."""
+    out = []
+    for step in range(steps):
+        rng = np.random.default_rng(SEED + step)
+        start = rng.integers(0, VOCAB - 4, size=(GLOBAL_BATCH, 1))
+        stride = rng.integers(1, 4, size=(GLOBAL_BATCH, 1))
+        ids = (4 + (start + stride * np.arange(SEQ + 1)) % (VOCAB - 4)).astype(np.int32)
+        mask = np.ones_like(ids)
+        mask[1::3, -5:] = 0
+        ids[mask == 0] = 0
+        out.append((ids, mask))
+    return out
+
+
+def initial_state(config) -> dict[str, np.ndarray]:
+    """The 1-process model's initial weights under SEED (what both sides start from)."""
+    import mindspore as ms
+
+    from mftasks.model.gpt2 import GPT2LMHeadModel
+
+    ms.set_seed(SEED)
+    return {p.name: p.asnumpy() for p in GPT2LMHeadModel(config).get_parameters()}
+
+
+def reference_run(n_layer: int = 2, steps: int = STEPS) -> dict:
+    """One process, the Trainer's model, loss, optimizer and train step on the whole global batch."""
+    import mindspore as ms
+
+    from mftasks.model.gpt2 import GPT2LMHeadModel, GPT2WithLoss
+    from mftasks.optim import build_optimizer, lr_schedule, train_step_cells
+
+    config, args = tiny_config(n_layer), training_args()
+    init = initial_state(config)
+    model = GPT2LMHeadModel(config)
+    for p in model.get_parameters():
+        p.set_data(ms.Tensor(init[p.name]))
+    opt = build_optimizer(model.trainable_params(), args, lr_schedule(args, steps))
+    step, _ = train_step_cells(GPT2WithLoss(model), opt, args.max_grad_norm, 1)
+    losses = [float(step(ms.Tensor(ids), ms.Tensor(mask)).asnumpy()) for ids, mask in global_batches(steps)]
+    return {"losses": losses, "state": {p.name: p.asnumpy() for p in model.get_parameters()}}
+
+
+def check_scatter_gather(state) -> dict:
+    """scatter -> x (mp_rank + 1) -> gather, forward and backward, on this rank's mp group: returns what the
+    test compares with numpy (y = x * k, dx = w * k, k = each column's owner rank + 1)."""
+    import mindspore as ms
+    from mindspore import nn, ops
+
+    from mftasks.parallel.mappings import gather_from_model_parallel_region, scatter_to_model_parallel_region
+
+    class Net(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.scatter = scatter_to_model_parallel_region(state.tp_group, state.mp_rank, state.mp_size)
+            self.gather = gather_from_model_parallel_region(state.tp_group, state.mp_rank, state.mp_size)
+            self.k = float(state.mp_rank + 1)
+
+        def construct(self, x, w):
+            return (self.gather(self.scatter(x) * self.k) * w).sum()
+
+    class Grad(nn.Cell):
+        def __init__(self, net):
+            super().__init__()
+            self.net, self.grad = net, ops.GradOperation(get_all=True)
+
+        def construct(self, x, w):
+            return self.grad(self.net)(x, w)
+
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    w = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
+    net = Net()
+    loss = float(net(ms.Tensor(x), ms.Tensor(w)).asnumpy())
+    dx = Grad(net)(ms.Tensor(x), ms.Tensor(w))[0].asnumpy()
+    return {"x": x.tolist(), "w": w.tolist(), "loss": loss, "dx": dx.tolist()}
+
+
+def run_layout(spec: str, rank: int, out: Path, n_layer: int, steps: int = STEPS) -> None:
+    from mftasks.context import ParallelConfig
+    from mftasks.optim import build_optimizer, lr_schedule
+    from mftasks.parallel.groups import initialize_model_parallel
+    from mftasks.parallel.model import build_rank_model, rank_state
+    from mftasks.parallel.pipeline import ParallelTrainStep
+
+    dp, mp, pp, micro, vemb = (int(v) for v in spec.split(","))
+    pc = ParallelConfig(data_parallel=dp, model_parallel=mp, pipeline_stage=pp, micro_batch_num=micro,
+                        vocab_emb_dp=bool(vemb))
+    config, args = tiny_config(n_layer), training_args()
+    t0 = time.time()
+    state = initialize_model_parallel(pc, rank)
+    model = build_rank_model(config, state, initial_state(config))
+    step = ParallelTrainStep(model, state, build_optimizer(model.trainable_params(), args, lr_schedule(args, steps)),
+                             args.max_grad_norm)
+    rows = GLOBAL_BATCH // dp
+    d = state.place.dp_rank
+    results = [step(ids[d * rows:(d + 1) * rows], mask[d * rows:(d + 1) * rows]) for ids, mask in global_batches(steps)]
+    tag = f"dp{dp}_mp{mp}_pp{pp}_micro{micro}_vemb{vemb}"
+    folder = out / tag
+    folder.mkdir(parents=True, exist_ok=True)
+    params = rank_state(model)
+    np.savez(folder / f"rank_{rank}.npz", **params)
+    (folder / f"rank_{rank}.json").write_text(json.dumps({
+        "layout": spec, "rank": rank, "place": [state.place.stage, state.place.dp_rank, state.place.mp_rank],
+        "losses": [r.loss for r in results], "grad_norms": [r.grad_norm for r in results],
+        "shapes": {k: list(v.shape) for k, v in params.items()}, "seconds": time.time() - t0,
+        "scatter_gather": check_scatter_gather(state) if mp > 1 and pp == 1 else None}))
+    print(f"rank {rank} {tag}: losses {[round(r.loss, 5) for r in results]} ({time.time() - t0:.1f} s)", flush=True)
+
+
+def main(argv: list[str]) -> None:
+    import mindspore as ms
+    from mindspore.communication import get_rank, init
+
+    ms.set_device("CPU")
+    ms.set_context(mode=ms.GRAPH_MODE, runtime_num_threads=1)
+    init()
+    if os.environ.get("MS_ROLE") == "MS_SCHED":
+        return
+    out, n_layer = Path(argv[0]), int(os.environ.get("PARITY_N_LAYER", "2"))
+    for spec in argv[1:]:
+        run_layout(spec, get_rank(), out, n_layer)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    main(sys.argv[1:])

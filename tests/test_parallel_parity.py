@@ -1,0 +1,141 @@
+"""Real tensor and pipeline parallelism on CPU: ranks started by the gang launcher train a tiny GPT-2 under
+mp2, pp2 (micro 2), dp2 x mp2 and mp2 x pp2, and must match one process on the same global batches
+(per-step losses within 1e-4 relative, merged final weights close), each rank holding only its part.
+
+Two launches (2 ranks: mp2 then pp2; 4 ranks: dp2 x mp2 then mp2 x pp2), each writing per-rank JSON/npz
+that every assertion here reads.  The rank program is tests/parallel/parity_rank.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mftasks.context import ParallelConfig
+from mftasks.parallel.shards import merge_rank_states
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "parallel"))
+import parity_rank  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+MP2, PP2 = "1,2,1,1,0", "1,1,2,2,1"  # dp,mp,pp,micro,vocab_emb_dp: mp2 splits the vocabulary too
+DP2_MP2, MP2_PP2 = "2,2,1,2,1", "1,2,2,2,0"
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(out: Path, nproc: int, *layouts: str) -> Path:
+    argv = [sys.executable, "-m", "mftasks.cli", "launch", "--nproc-per-node", str(nproc), "--master-port",
+            str(_port()), "--log-dir", str(out / "log"), "--timeout", "400", "--",
+            sys.executable, str(REPO / "tests" / "parallel" / "parity_rank.py"), str(out), *layouts]
+    r = subprocess.run(argv, env=dict(os.environ, GLOG_v="3", PYTHONPATH=str(REPO)), capture_output=True,
+                       text=True, timeout=450)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    return out
+
+
+def _ranks(out: Path, spec: str) -> dict[int, dict]:
+    dp, mp, pp, micro, vemb = spec.split(",")
+    folder = out / f"dp{dp}_mp{mp}_pp{pp}_micro{micro}_vemb{vemb}"
+    runs = {}
+    for f in sorted(folder.glob("rank_*.json")):
+        run = json.loads(f.read_text())
+        run["params"] = dict(np.load(f.with_suffix(".npz")))
+        runs[run["rank"]] = run
+    return runs
+
+
+def _layout(spec: str) -> ParallelConfig:
+    dp, mp, pp, micro, vemb = (int(v) for v in spec.split(","))
+    return ParallelConfig(data_parallel=dp, model_parallel=mp, pipeline_stage=pp, micro_batch_num=micro,
+                          vocab_emb_dp=bool(vemb))
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return parity_rank.reference_run()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    return _launch(tmp_path_factory.mktemp("parallel2"), 2, MP2, PP2)
+
+
+@pytest.fixture(scope="module")
+def four_ranks(tmp_path_factory):
+    return _launch(tmp_path_factory.mktemp("parallel4"), 4, DP2_MP2, MP2_PP2)
+
+
+def _check_parity(runs: dict[int, dict], spec: str, reference: dict) -> None:
+    pc = _layout(spec)
+    assert sorted(runs) == list(range(pc.world_size))
+    ref = np.array(reference["losses"])
+    for rank, run in runs.items():
+        rel = np.abs(np.array(run["losses"]) - ref) / np.abs(ref)
+        assert rel.max() < 1e-4, f"{spec} rank {rank}: losses {run['losses']} vs {list(ref)} (max rel {rel.max()})"
+    assert ref[-1] < ref[0] - 0.5  # it really trained
+    for d in range(pc.data_parallel):  # every replica ends with the weights of one process
+        merged = merge_rank_states({r: run["params"] for r, run in runs.items()}, pc, parity_rank.tiny_config(), d)
+        assert merged.keys() == reference["state"].keys()
+        worst = max(float(np.abs(merged[n] - reference["state"][n]).max()) for n in merged)
+        assert worst < 1e-4, f"{spec} replica {d}: merged weights differ from one process by {worst}"
+
+
+def test_mp2_matches_one_process(two_ranks, reference):
+    _check_parity(_ranks(two_ranks, MP2), MP2, reference)
+
+
+def test_pp2_matches_one_process(two_ranks, reference):
+    _check_parity(_ranks(two_ranks, PP2), PP2, reference)
+
+
+def test_dp2_mp2_matches_one_process(four_ranks, reference):
+    _check_parity(_ranks(four_ranks, DP2_MP2), DP2_MP2, reference)
+
+
+def test_mp2_pp2_matches_one_process(four_ranks, reference):
+    _check_parity(_ranks(four_ranks, MP2_PP2), MP2_PP2, reference)
+
+
+def test_scatter_and_gather_regions_forward_and_backward(two_ranks):
+    for rank, run in _ranks(two_ranks, MP2).items():
+        got = run["scatter_gather"]
+        x, w = np.array(got["x"]), np.array(got["w"])
+        k = np.array([1.0, 1.0, 2.0, 2.0])  # columns 0-1 belong to mp rank 0 (x1), 2-3 to mp rank 1 (x2)
+        assert got["loss"] == pytest.approx(float((x * k * w).sum()), rel=1e-6), rank
+        np.testing.assert_allclose(got["dx"], w * k, rtol=1e-6, err_msg=f"rank {rank}")
+
+
+def test_each_rank_holds_only_its_part(two_ranks, four_ranks, reference):
+    full = {n: tuple(v.shape) for n, v in reference["state"].items()}
+    C = parity_rank.tiny_config().n_embd
+    for rank, run in _ranks(two_ranks, MP2).items():  # mp2, vocabulary split: half the columns / rows
+        shapes = {n: tuple(s) for n, s in run["shapes"].items()}
+        assert shapes.keys() == full.keys()
+        assert shapes["transformer.h.0.attn.c_attn.weight"] == (3 * C // 2, C)
+        assert shapes["transformer.h.0.mlp.c_fc.weight"] == (2 * C, C)
+        assert shapes["transformer.h.0.attn.c_proj.weight"] == (C, C // 2)
+        assert shapes["transformer.h.0.mlp.c_proj.weight"] == (C, 2 * C)
+        assert shapes["transformer.h.0.attn.c_proj.bias"] == (C,)  # replicated
+        assert shapes["transformer.wte.embedding_table"] == (full["transformer.wte.embedding_table"][0] // 2, C)
+    pp2 = _ranks(two_ranks, PP2)
+    layers = {r: {n.split(".")[2] for n in run["shapes"] if ".h." in n} for r, run in pp2.items()}
+    assert layers == {0: {"0"}, 1: {"1"}}  # n_layer 2: one block per stage
+    assert "transformer.wpe.embedding_table" in pp2[0]["shapes"] and "transformer.ln_f.gamma" not in pp2[0]["shapes"]
+    assert "transformer.ln_f.gamma" in pp2[1]["shapes"] and "transformer.wpe.embedding_table" not in pp2[1]["shapes"]
+    for rank, run in _ranks(four_ranks, MP2_PP2).items():  # stage = rank // 2, mp_rank = rank % 2
+        assert {n.split(".")[2] for n in run["shapes"] if ".h." in n} == {str(rank // 2)}
+        assert run["shapes"][f"transformer.h.{rank // 2}.attn.c_attn.weight"] == [3 * C // 2, C]
+        assert run["place"] == [rank // 2, 0, rank % 2]
