@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m mftasks.demo
+	$(PY) -m flows.demo
 
 # Every test: the slow end-to-end ones and the fault-injection suite included.
 test: $(STAMP)

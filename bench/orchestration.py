@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("GLOG_v", "3")
 
-from mftasks import stack as st  # noqa: E402
+from flows import stack as st  # noqa: E402
 from mftasks.data import demo_corpus  # noqa: E402
 
 
@@ -90,8 +90,9 @@ def through_deployment(rel: Path) -> tuple[float, float]:
             raise SystemExit(f"deployment run ended {final['state']['name']}")
         start = dt.datetime.fromisoformat(final["start_time"].replace("Z", "+00:00"))
         created = dt.datetime.fromisoformat(final["created"].replace("Z", "+00:00"))
-        with stack.http() as c:
-            runs = c.post("/task_runs/filter", json={"task_runs": {"flow_run_id": {"any_": [run["id"]]}}}).json()
+        with stack.client() as c:
+            runs = c.request("POST", "/task_runs/filter",
+                             json={"task_runs": {"flow_run_id": {"any_": [run["id"]]}}}).json()
         stamp = lambda v: dt.datetime.fromisoformat(v.replace("Z", "+00:00"))  # noqa: E731
         spans = sorted((stamp(r["start_time"]), stamp(r["end_time"]), r["name"]) for r in runs
                        if r.get("start_time") and r.get("end_time"))

@@ -11,8 +11,9 @@ import sys
 from .errors import MftasksError
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    """Run one command of `parser` (default: the library's, build_parser())."""
+    parser = parser or build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
         parser.print_help()
@@ -24,11 +25,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(more=()) -> argparse.ArgumentParser:
+    """The library's commands, then those that each of `more` (functions of the subparsers) adds."""
     parser = argparse.ArgumentParser(prog="mftasks", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(title="commands")
     _add_data(sub)
-    for extra in _EXTRA_COMMANDS:
+    for extra in (*_EXTRA_COMMANDS, *more):
         extra(sub)
     return parser
 
@@ -118,58 +120,12 @@ def _add_run(sub) -> None:
     p.set_defaults(func=lambda args: run.main(args))
 
 
-# Command groups beyond `data` register here (ranktable, launch, ckpt, server, ... come later).
+# Command groups beyond `data` register here.  The Prefect ones (server, worker, deploy, deployment) are
+# added by flows/cli.py, the `mftasks` console command: the library never imports Prefect.
 def _add_ranktable(sub) -> None:
     from . import ranktable
 
     ranktable.add_commands(sub)
-
-
-def _add_stack(sub) -> None:
-    from . import stack as st
-
-    def server(args):
-        s = st.Stack.from_env()
-        print({"start": st.start_server, "stop": st.stop_server, "status": st.status}[args.action](s))
-        return 0
-
-    p = sub.add_parser("server", help="the project's Prefect server (127.0.0.1, SQLite under .prefect/)")
-    p.add_argument("action", choices=["start", "stop", "status"])
-    p.set_defaults(func=server)
-
-    def worker(args):
-        s = st.Stack.from_env()
-        if args.action == "stop":
-            print("stopped: " + (", ".join(st.stop_workers(s)) or "none"))
-        else:
-            print(st.start_worker(s, queue=args.queue, devices=args.devices))
-        return 0
-
-    p = sub.add_parser("worker", help="a Prefect process worker on the project's work pool")
-    p.add_argument("action", choices=["start", "stop"])
-    p.add_argument("--queue", help="work queue (one per node for multi-node dispatch), e.g. node-0")
-    p.add_argument("--devices", type=int, help="devices this node offers (its concurrency limit; default: CPUs)")
-    p.set_defaults(func=worker)
-
-    p = sub.add_parser("deploy", help="deploy every flow in deployments/prefect.yaml (from the repo root)")
-    p.set_defaults(func=lambda args: print(st.deploy(st.Stack.from_env())) or 0)
-
-    def deployment_run(args):
-        s = st.Stack.from_env()
-        run = st.run_deployment(s, args.name, st.parse_params(args.param))
-        print(f"created flow run {run['name']} ({run['id']}) of {run['deployment']}: {st.flow_run_url(s, run['id'])}")
-        if not args.watch:
-            return 0
-        final = st.watch(s, run["id"], on_state=lambda name: print(f"state: {name}", flush=True))
-        return 0 if final["state"]["type"] == "COMPLETED" else 1
-
-    p = sub.add_parser("deployment", help="run a deployment by its bare name")
-    dsub = p.add_subparsers(title="deployment commands")
-    r = dsub.add_parser("run", help="mftasks deployment run finetune-gpt2 -p key=value --watch")
-    r.add_argument("name", help="deployment name, bare (finetune-gpt2) or FLOW/NAME")
-    r.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
-    r.add_argument("--watch", action="store_true", help="wait for the run to end; exit 0 only if it completed")
-    r.set_defaults(func=deployment_run)
 
 
 def _add_launch(sub) -> None:
@@ -184,7 +140,7 @@ def _add_ckpt(sub) -> None:
     add_commands(sub)
 
 
-_EXTRA_COMMANDS: list = [_add_run, _add_ranktable, _add_launch, _add_ckpt, _add_stack]
+_EXTRA_COMMANDS: list = [_add_run, _add_ranktable, _add_launch, _add_ckpt]
 
 
 if __name__ == "__main__":

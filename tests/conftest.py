@@ -134,7 +134,7 @@ def running_stack(home: Path, workers=({},), deploy: bool = True, **env: str | N
     """A real Prefect server (PREFECT_HOME `home`, a free port, `env` set for the block) with a worker per
     `workers` entry (keyword arguments of `stack.start_worker`) and, with `deploy`, every deployment;
     everything stopped and the environment restored at the end."""
-    from mftasks import stack as st
+    from flows import stack as st
 
     with environ(MFTASKS_PREFECT_HOME=str(home), MFTASKS_PREFECT_PORT=str(free_port()), MFTASKS_PROJECT=str(REPO),
                  **env):
@@ -185,7 +185,7 @@ def work_dir():
 @pytest.fixture(scope="session")
 def finished_pipeline(local_stack, work_dir):
     """One completed finetune-gpt2 deployment run (gpt2_tiny): (flow run, summary)."""
-    from mftasks import stack as st
+    from flows import stack as st
 
     params = {"corpus_dir": str(work_dir / "corpus"), "work_dir": str(work_dir / "pipeline"),
               "model_type": "gpt2_tiny", "vocab_size": 300, "train_steps": 30, "finetune_steps": 30,

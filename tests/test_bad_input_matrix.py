@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from flows import stack as st
+from flows.cli import main  # the `mftasks` command: the library's commands and the Prefect ones
 from mftasks import checkpoint as ckpt
-from mftasks import stack as st
-from mftasks.cli import main
 from mftasks.errors import CheckpointError, ConfigError
 from mftasks.stage import StageSpec, run_stage
 
@@ -41,7 +41,7 @@ def no_server(monkeypatch):
     """Any attempt to talk to a Prefect server fails the test: nothing may be created there."""
     def refuse(*a, **k):
         raise AssertionError("the Prefect server was contacted")
-    monkeypatch.setattr(st.Stack, "http", refuse)
+    monkeypatch.setattr(st.Stack, "client", refuse)
 
 
 # ---------------------------------------------------------------------------------------------- command line

@@ -17,10 +17,8 @@ def _declared(names: list[str]) -> set[str]:
     return {re.split(r"[\[<>=!~ ;]", n, maxsplit=1)[0].lower().replace("_", "-") for n in names}
 
 
-def _imports(folder: Path) -> dict[str, str]:
-    """Top-level module -> the first file importing it, for every absolute import under folder."""
-    local = LOCAL | {p.stem for p in folder.rglob("*.py")}
-    found: dict[str, str] = {}
+def _absolute_imports(folder: Path):
+    """(file, line, module) for every absolute import under folder, lazy ones inside functions included."""
     for path in sorted(folder.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
@@ -30,9 +28,17 @@ def _imports(folder: Path) -> dict[str, str]:
             else:
                 continue
             for name in names:
-                top = name.split(".")[0]
-                if top not in sys.stdlib_module_names and top not in local:
-                    found.setdefault(top, str(path.relative_to(REPO)))
+                yield path, node.lineno, name
+
+
+def _imports(folder: Path) -> dict[str, str]:
+    """Top-level module -> the first file importing it, for every absolute import under folder."""
+    local = LOCAL | {p.stem for p in folder.rglob("*.py")}
+    found: dict[str, str] = {}
+    for path, _, name in _absolute_imports(folder):
+        top = name.split(".")[0]
+        if top not in sys.stdlib_module_names and top not in local:
+            found.setdefault(top, str(path.relative_to(REPO)))
     return found
 
 
@@ -52,3 +58,12 @@ def test_every_import_is_declared():
                 problems.append(f"{where} imports {module} (from {sorted(dists) or 'no installed package'}), "
                                 "which pyproject.toml does not declare")
     assert not problems, "\n".join(problems)
+
+
+def test_the_library_imports_no_orchestration_client():
+    """mftasks/ never imports Prefect, its HTTP client or the parameter schemas' validator, nor the Prefect
+    layer above it (flows/): a Prefect client belongs in flows/."""
+    forbidden = {"prefect", "httpx", "jsonschema", "flows"}
+    found = [f"{path.relative_to(REPO)}:{line} imports {name}"
+             for path, line, name in _absolute_imports(REPO / "mftasks") if name.split(".")[0] in forbidden]
+    assert not found, "\n".join(found)

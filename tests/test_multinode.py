@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mftasks import stack as st
+from flows import stack as st
 from mftasks.data import PrepareSpec, prepare
 
 from conftest import free_port, running_stack
@@ -37,11 +37,13 @@ def test_two_nodes_join_one_cluster(two_node_stack, corpus_dir, tiny_dataset):
         final = st.watch(two_node_stack, run["id"], timeout=900)
         assert final["state"]["type"] == "COMPLETED", final["state"]
         # one node-launch per node, each picked up by that node's worker (work queue node-<i>)
-        with two_node_stack.http() as c:
-            children = c.post("/flow_runs/filter", json={"flow_runs": {"parent_flow_run_id": {"any_": [run["id"]]}}})
+        with two_node_stack.client() as c:
+            children = c.request("POST", "/flow_runs/filter",
+                                 json={"flow_runs": {"parent_flow_run_id": {"any_": [run["id"]]}}})
             children = children.json()
             if not children:  # run_deployment children are linked through a parent task run
-                children = c.post("/flow_runs/filter", json={"flows": {"name": {"any_": ["node-launch"]}}}).json()
+                children = c.request("POST", "/flow_runs/filter",
+                                     json={"flows": {"name": {"any_": ["node-launch"]}}}).json()
         queues = sorted(r["work_queue_name"] for r in children if r["state"]["type"] == "COMPLETED")
         assert queues == ["node-0", "node-1"]
         import mindspore as ms

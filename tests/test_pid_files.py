@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mftasks import process
-from mftasks import stack as st
+from mftasks import pidfile, process
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,7 +34,7 @@ def bystander():
 
 def _cli(home: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "MFTASKS_PREFECT_HOME": str(home), "MFTASKS_PREFECT_PORT": "1"}  # no server needed
-    return subprocess.run([sys.executable, "-m", "mftasks.cli", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, env=env,
                           cwd=REPO, timeout=120, stdin=subprocess.DEVNULL)
 
 
@@ -73,10 +72,10 @@ def test_stop_stops_the_process_it_recorded(tmp_path):
     proc = subprocess.Popen(["setsid", "sleep", "300"], stdin=subprocess.DEVNULL)
     try:
         time.sleep(0.2)
-        st._write_pid_file(tmp_path / "worker-x.pid", proc.pid)
+        pidfile.write(tmp_path / "worker-x.pid", proc.pid)
         record = json.loads((tmp_path / "worker-x.pid").read_text())
         assert record["pid"] == proc.pid and record["cmdline"] == ["sleep", "300"] and record["start_time"] > 0
-        assert st._stop_pid_file(tmp_path / "worker-x.pid", grace=5) == st.STOPPED
+        assert pidfile.stop(tmp_path / "worker-x.pid", grace=5) == pidfile.STOPPED
         assert proc.wait(timeout=10) is not None
     finally:
         proc.kill()

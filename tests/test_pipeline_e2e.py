@@ -10,7 +10,7 @@ import sys
 import httpx
 import pytest
 
-from mftasks import stack as st
+from flows import stack as st
 from mftasks.errors import ConfigError
 
 from conftest import REPO, free_port
@@ -79,7 +79,7 @@ def test_nightly_schedule_is_deployed(local_stack):
 
 def test_cli_deployment_run_watch(local_stack, work_dir):
     env = dict(os.environ)
-    r = subprocess.run([sys.executable, "-m", "mftasks.cli", "deployment", "run", "prepare-data", "-p",
+    r = subprocess.run([sys.executable, "-m", "flows.cli", "deployment", "run", "prepare-data", "-p",
                         f"corpus_dir={work_dir / 'corpus'}", "-p", f"work_dir={work_dir / 'pipeline'}", "-p",
                         "model_type=gpt2_tiny", "-p", "vocab_size=300", "--watch"],
                        capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
@@ -110,14 +110,15 @@ def test_watch_waits_out_a_transient_crashed_state(local_stack):
     import threading
     import time
 
-    with local_stack.http() as c:
-        flow = c.post("/flows/", json={"name": "watch-settle-test"}).json()
+    with local_stack.client() as c:
+        flow = c.request("POST", "/flows/", json={"name": "watch-settle-test"}).json()
 
         def new_run():
-            return c.post("/flow_runs/", json={"flow_id": flow["id"], "state": {"type": "RUNNING"}}).json()["id"]
+            body = {"flow_id": flow["id"], "state": {"type": "RUNNING"}}
+            return c.request("POST", "/flow_runs/", json=body).json()["id"]
 
         def set_state(run_id, type_):
-            r = c.post(f"/flow_runs/{run_id}/set_state", json={"state": {"type": type_}, "force": True})
+            r = c.request("POST", f"/flow_runs/{run_id}/set_state", json={"state": {"type": type_}, "force": True})
             assert r.status_code < 300, r.text
 
         flapping, stuck = new_run(), new_run()
@@ -129,11 +130,13 @@ def test_watch_waits_out_a_transient_crashed_state(local_stack):
     def recover():
         try:
             time.sleep(1.5)
-            with local_stack.http() as c2:
-                r = c2.post(f"/flow_runs/{flapping}/set_state", json={"state": {"type": "RUNNING"}, "force": True})
+            with local_stack.client() as c2:
+                r = c2.request("POST", f"/flow_runs/{flapping}/set_state",
+                               json={"state": {"type": "RUNNING"}, "force": True})
                 assert r.status_code < 300, r.text
                 time.sleep(1.5)
-                r = c2.post(f"/flow_runs/{flapping}/set_state", json={"state": {"type": "COMPLETED"}, "force": True})
+                r = c2.request("POST", f"/flow_runs/{flapping}/set_state",
+                               json={"state": {"type": "COMPLETED"}, "force": True})
                 assert r.status_code < 300, r.text
         except BaseException as exc:  # noqa: BLE001 - handed to the test's own thread
             failures.append(exc)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from mftasks import stack as st
+from flows import stack as st
 from mftasks.data import demo_corpus
 
 from conftest import free_port, running_stack

@@ -28,7 +28,7 @@ import httpx
 import psutil
 import pytest
 
-from mftasks import stack as st
+from flows import stack as st
 
 from conftest import running_stack
 
@@ -127,7 +127,7 @@ def test_a_trailing_newline_is_rejected_too(schemas):
     (The flow itself, with pydantic's regex, rejects it: see test_the_flow_itself_rejects_bad_paths.)"""
     missed = [f"{flow}.{name}" for flow in schemas for name in ("corpus_dir", "work_dir")
               if not st.parameter_problems(schemas[flow], {name: "demo\n"})]
-    assert not missed, f"'demo\\n' accepted by mftasks.stack.parameter_problems for {missed}"
+    assert not missed, f"'demo\\n' accepted by flows.stack.parameter_problems for {missed}"
 
 
 @pytest.mark.parametrize("params", [{"model_type": "gpt2_tiny; id"}, {"nproc": "1; id"}, {"master_port": "$(id)"},
@@ -168,7 +168,7 @@ def test_attacker_without_basic_auth(local_stack, bait, project_checkpoint):
 # ---------------------------------------------------------------------------------------------- (c), (d) a server
 @pytest.fixture(scope="module")
 def auth_stack(tmp_path_factory):
-    """A server started by mftasks.stack with its defaults and PREFECT_API_AUTH_STRING set (workers are the
+    """A server started by flows.stack with its defaults and PREFECT_API_AUTH_STRING set (workers are the
     tests' own)."""
     with running_stack(tmp_path_factory.mktemp("prefect-home"), workers=(), deploy=False, MFTASKS_PREFECT_HOST=None,
                        PREFECT_API_AUTH_STRING=AUTH, PREFECT_SERVER_API_AUTH_STRING=None) as stack:
@@ -177,7 +177,7 @@ def auth_stack(tmp_path_factory):
 
 
 def _cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mftasks.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True,
                           env=os.environ if env is None else env, cwd=REPO, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
@@ -205,8 +205,8 @@ def test_api_refuses_requests_without_the_right_credentials(auth_stack):
     assert httpx.post(url, json={}, timeout=10).status_code == 401
     assert httpx.post(url, json={}, auth=("admin", "wrong"), timeout=10).status_code == 401
     assert httpx.post(url, json={}, auth=("admin", "secret"), timeout=10).status_code == 200
-    with auth_stack.http() as c:  # what mftasks.stack uses
-        assert c.post("/deployments/filter", json={}).status_code == 200
+    with auth_stack.client() as c:  # what flows.stack uses: Prefect's client with the stack's credentials
+        assert c.request("POST", "/deployments/filter", json={}).status_code == 200
     assert httpx.get(f"{auth_stack.api_url}/health", timeout=10).status_code == 200  # probes stay open
 
 
@@ -265,15 +265,15 @@ def test_work_pool_template_is_locked_and_an_older_pool_is_locked_too(auth_stack
     from prefect.workers.process import ProcessWorker
 
     old = st.Stack(**{**auth_stack.__dict__, "pool": f"legacy-{uuid.uuid4().hex[:6]}"})
-    with old.http() as c:
-        r = c.post("/work_pools/", json={"name": old.pool, "type": "process",
-                                         "base_job_template": ProcessWorker.get_default_base_job_template()})
+    with old.client() as c:
+        r = c.request("POST", "/work_pools/", json={"name": old.pool, "type": "process",
+                                                    "base_job_template": ProcessWorker.get_default_base_job_template()})
         assert r.status_code == 201, r.text
     assert st.ensure_pool(old) == "locked"
     assert st.ensure_pool(old) == "unchanged"
-    with old.http() as c:
-        assert c.get(f"/work_pools/{old.pool}").json()["base_job_template"] == st.LOCKED_JOB_TEMPLATE
-        c.delete(f"/work_pools/{old.pool}")
+    with old.client() as c:
+        assert c.request("GET", f"/work_pools/{old.pool}").json()["base_job_template"] == st.LOCKED_JOB_TEMPLATE
+        c.request("DELETE", f"/work_pools/{old.pool}")
 
 
 # ---------------------------------------------------------------------------------------------- (f) an attacker
@@ -281,10 +281,18 @@ def test_work_pool_template_is_locked_and_an_older_pool_is_locked_too(auth_stack
 # hostile parameters and job variables.  Each is refused when the run is created, or the run reads and
 # writes nothing outside the project's folders and runs no other command.
 class _Client(httpx.Client):
-    """Raw HTTP; a 503 (a busy SQLite server, now and then) is sent again, as mftasks.stack does."""
+    """Raw HTTP; a 503 (a busy SQLite server, now and then) is sent again, a second later, as Prefect's client
+    does."""
 
     def request(self, *args, **kwargs):
-        return st._retry_busy(lambda: super(_Client, self).request(*args, **kwargs))
+        import time
+
+        for _ in range(9):
+            r = super().request(*args, **kwargs)
+            if r.status_code != 503:
+                return r
+            time.sleep(1.0)
+        return super().request(*args, **kwargs)
 
 
 VALID = {"prompts": ["Question: hi"], "node_rank": 0, "nnodes": 1, "nproc_per_node": 1}

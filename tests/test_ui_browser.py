@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mftasks import stack as st
+from flows import stack as st
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -163,8 +163,8 @@ def browser(finished_run):
 
 
 def _artifact_ids(stack: st.Stack, run_id: str) -> dict[str, str]:
-    with stack.http() as c:
-        arts = c.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}).json()
+    with stack.client() as c:
+        arts = c.request("POST", "/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}).json()
     return {a["key"]: a["id"] for a in arts if a.get("key")}
 
 

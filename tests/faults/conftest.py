@@ -2,7 +2,8 @@
 finetune-gpt2 deployment run, inject a fault into it and time the recovery.
 
 Everything is observed from outside, as an operator would: the run folder (pids.json, heartbeats,
-metrics.jsonl, checkpoints, rank logs) and the server's API (states, task runs, logs).  Faults come
+metrics.jsonl, checkpoints, rank logs) and the server's API through Prefect's client (flows.stack: states,
+task runs, logs, the launch task's verdict artifacts).  Faults come
 from outside too (signals, a truncated file, a real full filesystem, a bad parameter): nothing is
 injected through a run's environment, which the locked work-pool template does not let a run set
 (docs/SECURITY.md, tests/test_security.py).
@@ -15,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 import socket
 import subprocess
@@ -24,12 +24,17 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from uuid import UUID
 
-import httpx
 import pytest
+from prefect.client.schemas.actions import ArtifactCreate
+from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey, LogFilter,
+                                            LogFilterFlowRunId, TaskRunFilter, TaskRunFilterFlowRunId)
+from prefect.client.schemas.sorting import LogSort, TaskRunSort
+from prefect.states import Scheduled
 
+from flows import stack as st
 from mftasks import checkpoint as ckpt
-from mftasks import stack as st
 from mftasks.process import alive
 from mftasks.progress import log_dir
 from mftasks.report import read_metrics
@@ -109,13 +114,13 @@ class Run:
         folder can be prepared before its flow runs (Prefect holds it SCHEDULED/PENDING until then)."""
         params = {**BASE_PARAMS, "corpus_dir": str(work / "corpus"), "work_dir": str(work / "pipeline"),
                   "master_port": free_master_port(), **params}
-        body: dict = {"parameters": params}
-        if start_in is not None:
-            at = datetime.now(timezone.utc) + timedelta(seconds=start_in)
-            body["state"] = {"type": "SCHEDULED", "state_details": {"scheduled_time": at.isoformat()}}
-        r = api(stack, "post", f"/deployments/{deployment_id(stack)}/create_flow_run", json=body)
-        STARTED.append(r["id"])
-        return cls(stack, r["id"], work / "pipeline")
+        state = None if start_in is None else Scheduled(
+            scheduled_time=datetime.now(timezone.utc) + timedelta(seconds=start_in))
+        deployment = st.find_deployment(stack, "finetune-gpt2/finetune-gpt2")
+        with stack.client() as c:
+            run = c.create_flow_run_from_deployment(UUID(deployment["id"]), parameters=params, state=state)
+        STARTED.append(str(run.id))
+        return cls(stack, str(run.id), work / "pipeline")
 
     @property
     def dir(self) -> Path:
@@ -128,9 +133,10 @@ class Run:
     def stage(self, name: str) -> Path:
         return self.dir / "stages" / name
 
-    # -- what the server says
+    # -- what the server says (as JSON, as the API sends it)
     def read(self) -> dict:
-        return api(self.stack, "get", f"/flow_runs/{self.id}")
+        with self.stack.client() as c:
+            return c.read_flow_run(UUID(self.id)).model_dump(mode="json")
 
     def state(self) -> str:
         return (self.read().get("state") or {}).get("type", "")
@@ -140,28 +146,48 @@ class Run:
 
     def states(self) -> list[dict]:
         """Every state the run went through, oldest first."""
-        rows = api(self.stack, "get", "/flow_run_states/", params={"flow_run_id": self.id})
+        with self.stack.client() as c:
+            rows = [s.model_dump(mode="json") for s in c.read_flow_run_states(UUID(self.id))]
         return sorted(rows, key=lambda s: s["timestamp"])
 
     def task_runs(self) -> list[dict]:
-        return api(self.stack, "post", "/task_runs/filter",
-                   json={"task_runs": {"flow_run_id": {"any_": [self.id]}}, "sort": "EXPECTED_START_TIME_ASC"})
+        with self.stack.client() as c:
+            runs = c.read_task_runs(task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[self.id])),
+                                    sort=TaskRunSort.EXPECTED_START_TIME_ASC)
+        return [t.model_dump(mode="json") for t in runs]
 
     def logs(self) -> list[dict]:
-        """Every log record of the run, oldest first (read through POST /api/logs/filter)."""
-        rows, offset = [], 0
-        while True:
-            page = api(self.stack, "post", "/logs/filter",
-                       json={"logs": {"flow_run_id": {"any_": [self.id]}}, "sort": "TIMESTAMP_ASC",
-                             "limit": 200, "offset": offset})
-            rows += page
-            if len(page) < 200:
-                return rows
-            offset += len(page)
+        """Every log record of the run, oldest first."""
+        rows: list[dict] = []
+        with self.stack.client() as c:
+            while True:
+                page = c.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[self.id])),
+                                   sort=LogSort.TIMESTAMP_ASC, limit=200, offset=len(rows))
+                rows += [r.model_dump(mode="json") for r in page]
+                if len(page) < 200:
+                    return rows
+
+    def artifacts(self, key: str) -> list[dict]:
+        """The run's artifacts under `key` (every version), oldest first, their data parsed (a table: its rows)."""
+        return self._artifacts(ArtifactFilterKey(any_=[key]))
+
+    def verdicts(self) -> list[dict]:
+        """The launcher's verdicts, oldest first, as the launch task publishes them: a table artifact
+        `verdict-<stage>` of one row per failed attempt (stage, class, retryable, who, what, elapsed_s, attempt,
+        message)."""
+        return [row for a in self._artifacts(ArtifactFilterKey(like_="verdict-")) for row in a["data"]]
+
+    def _artifacts(self, key: ArtifactFilterKey) -> list[dict]:
+        with self.stack.client() as c:
+            found = c.read_artifacts(artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[self.id]), key=key))
+        rows = sorted((a.model_dump(mode="json") for a in found), key=lambda a: a["created"])
+        return [{**a, "data": json.loads(a["data"]) if isinstance(a["data"], str) else a["data"]} for a in rows]
 
     def add_markdown_artifact(self, key: str, markdown: str, description: str) -> None:
-        api(self.stack, "post", "/artifacts/", json={"key": key, "type": "markdown", "data": markdown,
-                                                     "description": description, "flow_run_id": self.id})
+        with self.stack.client() as c:
+            c.create_artifact(ArtifactCreate(key=key, type="markdown", data=markdown, description=description,
+                                             flow_run_id=UUID(self.id)))
 
     # -- what the folder says
     def pids(self, stage: str) -> dict | None:
@@ -212,28 +238,6 @@ class Run:
             if now > deadline:
                 raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (run {self.id})")
             time.sleep(poll)
-
-
-def deployment_id(stack: st.Stack, name: str = "finetune-gpt2") -> str:
-    found = api(stack, "post", "/deployments/filter", json={"deployments": {"name": {"any_": [name]}}})
-    assert len(found) == 1, found
-    return found[0]["id"]
-
-
-def api(stack: st.Stack, method: str, path: str, attempts: int = 20, **kw):
-    """One API call; 503 (SQLite busy while several runs write at once) and dropped connections are retried."""
-    for attempt in range(attempts):
-        try:
-            with stack.http() as c:
-                r = getattr(c, method)(path, **kw)
-        except httpx.TransportError:
-            if attempt == attempts - 1:
-                raise
-        else:
-            if r.status_code not in (429, 503) or attempt == attempts - 1:
-                r.raise_for_status()
-                return r.json() if r.content else None
-        time.sleep(0.5)
 
 
 # ---------------------------------------------------------------------------------------------- processes
@@ -391,25 +395,11 @@ def follow_recovery(run: Run, stage: str, old: dict, rec: Recovery, timeout: flo
     return new
 
 
-_FAILED = re.compile(r"stage (\S+) failed \((\w+), (will retry|not retryable)\): (.*?) after ([\d.]+) s \[")
-
-
-def stage_failures(logs: list[dict]) -> list[dict]:
-    """The launcher's verdicts in a run's logs: stage, failure class, retryable, who, seconds after start."""
-    out = []
-    for rec in logs:
-        m = _FAILED.search(rec["message"])
-        if m:
-            out.append({"stage": m[1], "class": m[2], "retryable": m[3] == "will retry", "what": m[4],
-                        "elapsed": float(m[5]), "message": rec["message"]})
-    return out
-
-
-def detect_time(logs: list[dict], stage: str, old: dict, index: int = 0) -> float | None:
+def detect_time(verdicts: list[dict], stage: str, old: dict, index: int = 0) -> float | None:
     """When the launcher noticed the failure: the gang's start (pids.json time, written as its last
-    process started) plus the elapsed seconds in the launcher's verdict."""
-    found = [f for f in stage_failures(logs) if f["stage"] == stage]
-    return old["time"] + found[index]["elapsed"] if len(found) > index else None
+    process started) plus the elapsed seconds in the launcher's verdict (Run.verdicts)."""
+    found = [v for v in verdicts if v["stage"] == stage]
+    return old["time"] + found[index]["elapsed_s"] if len(found) > index else None
 
 
 def steps_logged_twice(rows: list[dict]) -> list[int]:

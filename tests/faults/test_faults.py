@@ -24,18 +24,19 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from uuid import UUID
 
 import numpy as np
 import pytest
+from prefect.states import Cancelled
 
+from flows import stack as st
 from mftasks import checkpoint as ckpt
-from mftasks import stack as st
-
 from mftasks.process import alive
 
-from .conftest import (BASE_PARAMS, NPROC, REPO, RUN_TIMEOUT, STARTED, Recovery, Run, api, detect_time,
+from .conftest import (BASE_PARAMS, NPROC, REPO, RUN_TIMEOUT, STARTED, Recovery, Run, detect_time,
                        fill_to, flow_run_of, follow_recovery, kill, kill_leftovers, load_weights, mount_tmpfs,
-                       stage_failures, tmpfs_unavailable, unmount)
+                       tmpfs_unavailable, unmount)
 
 pytestmark = pytest.mark.slow
 
@@ -62,12 +63,10 @@ def truncate(path: Path) -> int:
     return size
 
 
-    return None
-
-
 def active_slots(stack) -> int | None:
     try:
-        return api(stack, "get", "/v2/concurrency_limits/devices-local")["active_slots"]
+        with stack.client() as c:
+            return c.read_global_concurrency_limit_by_name("devices-local").active_slots
     except Exception:  # noqa: BLE001 - informative only
         return None
 
@@ -94,13 +93,7 @@ def publish(run: Run, recs: list[Recovery], report: list) -> None:
 
 
 def rank_table(run: Run, stage: str) -> list[dict]:
-    rows = api(run.stack, "post", "/artifacts/filter",
-               json={"artifacts": {"flow_run_id": {"any_": [run.id]}, "key": {"any_": [f"ranks-{stage}"]}}})
-    out = []
-    for a in rows:
-        data = json.loads(a["data"]) if isinstance(a["data"], str) else a["data"]
-        out += data
-    return out
+    return [row for a in run.artifacts(f"ranks-{stage}") for row in a["data"]]
 
 
 # ---------------------------------------------------------------------------------------------- scenarios
@@ -199,10 +192,11 @@ def scenario_rank_faults(stack, work, report) -> dict:
     ev["hang_logs"] = {r: run.rank_log("lora", r, attempt=0) for r in range(NPROC)}
 
     ev["final"] = run.wait(RUN_TIMEOUT)
-    ev["logs"] = logs = run.logs()
-    rec1.t_detect = detect_time(logs, "train", old0, 0)
-    rec4.t_detect = detect_time(logs, "train", new1, 1)
-    rec2.t_detect = detect_time(logs, "lora", old_l, 0)
+    ev["logs"] = run.logs()
+    ev["verdicts"] = verdicts = run.verdicts()
+    rec1.t_detect = detect_time(verdicts, "train", old0, 0)
+    rec4.t_detect = detect_time(verdicts, "train", new1, 1)
+    rec2.t_detect = detect_time(verdicts, "lora", old_l, 0)
     ev["task_runs"] = run.task_runs()
     ev["metrics"] = run.metrics("train", 0)
     ev.update(rec1=rec1, rec4=rec4, rec2=rec2)
@@ -257,7 +251,8 @@ def scenario_disk_full(stack, work, report) -> dict:
     reason = mount_tmpfs(point, TMPFS_SIZE)
     if reason:
         print(f"fault 5 (disk full) skipped: {reason}")
-        api(stack, "post", f"/flow_runs/{run.id}/set_state", json={"state": {"type": "CANCELLED"}, "force": True})
+        with stack.client() as c:
+            c.set_flow_run_state(UUID(run.id), Cancelled(), force=True)
         kill_leftovers([run.id])
         return {"skipped": reason}
     try:
@@ -309,13 +304,14 @@ def _disk_full(run: Run, point: Path, filler: Path, ev: dict, report) -> dict:
             "the retried train stage to finish", lambda: (run.dir / "published" / "base.ckpt").exists(), 300,
             ends=("FAILED", "CANCELLED", "CRASHED")))
     ev["logs"] = run.logs()
+    ev["verdicts"] = run.verdicts()
     ev["final"] = abort(run)  # a finished train stage has shown enough
     ev["task_runs"] = run.task_runs()
-    rec.t_detect = detect_time(ev["logs"], "train", old, 0)
+    rec.t_detect = detect_time(ev["verdicts"], "train", old, 0)
     sizes = ev.get("sizes_after_failure", {})
     rec.notes.append(f"tmpfs: {ev['free_at_start']} bytes free at the start (filler), {ev.get('free_after_failure')} "
                      f"when the gang was gone; checkpoints then: {sizes}; the filler was deleted before the retry")
-    verdicts = [f["message"] for f in stage_failures(ev["logs"]) if f["stage"] == "train"]
+    verdicts = [v["message"] for v in ev["verdicts"] if v["stage"] == "train"]
     rec.notes.append(f"verdict: {verdicts[0] if verdicts else '-'}")
     ev["recovery"] = rec
     publish(run, [rec], report)
@@ -334,10 +330,11 @@ def scenario_user_error(stack, work, report) -> dict:
     rec.notes.append("not retried: the failure class is user_error")
     ev["final"] = run.wait(RUN_TIMEOUT)
     ev["logs"] = run.logs()
+    ev["verdicts"] = run.verdicts()
     ev["task_runs"] = run.task_runs()
     ev["rank_table"] = rank_table(run, "train")
     ev["attempt_dirs"] = sorted(p.name for p in (run.stage("train") / "log").glob("attempt_*"))
-    rec.t_detect = detect_time(ev["logs"], "train", old, 0)
+    rec.t_detect = detect_time(ev["verdicts"], "train", old, 0)
     ev["recovery"] = rec
     publish(run, [rec], report)
     return ev
@@ -400,7 +397,7 @@ def test_killed_rank_stops_the_gang_fast_and_resume_matches_an_uninterrupted_run
     rec = ev["rec1"]
     assert ev["killed_pid_in_gang"]
     assert rec.t_gone - rec.t_fault <= 3.0, rec.to_dict()  # every rank and the scheduler gone within 3 s
-    failures = [f for f in stage_failures(ev["logs"]) if f["stage"] == "train"]
+    failures = [f for f in ev["verdicts"] if f["stage"] == "train"]
     assert failures[0]["class"] == "killed" and failures[0]["retryable"], failures[0]
     assert "rank 1 was killed by SIGKILL" in failures[0]["what"]
     assert rec.resume_step in (4, 8) and rec.resume_step > 0  # resumed from a checkpoint, not from scratch
@@ -432,7 +429,7 @@ def test_hung_rank_is_detected_with_stacks_and_retried(scenarios):
     ev = _result(scenarios, "rank_faults")
     rec = ev["rec2"]
     assert ev["stopped_pid_in_gang"]
-    failures = [f for f in stage_failures(ev["logs"]) if f["stage"] == "lora"]
+    failures = [f for f in ev["verdicts"] if f["stage"] == "lora"]
     assert failures and failures[0]["class"] == "hang" and failures[0]["retryable"], failures
     # the hang clock starts at the last heartbeat progress the launcher saw (heartbeats every 0.5 s, read every
     # 0.25 s), which can be up to ~0.75 s before the SIGSTOP
@@ -492,7 +489,7 @@ def test_disk_full_keeps_the_previous_checkpoint_and_names_the_space_needed(scen
     ev = _disk_full_result(scenarios)
     run = ev["run"]
     assert ev["state_at_mount"] in ("SCHEDULED", "PENDING"), ev["state_at_mount"]  # mounted before the flow ran
-    failures = [f for f in stage_failures(ev["logs"]) if f["stage"] == "train"]
+    failures = [f for f in ev["verdicts"] if f["stage"] == "train"]
     assert failures and failures[0]["class"] == "disk_full" and failures[0]["retryable"], failures
     m = _DISK_FULL.search(failures[0]["message"])
     assert m and int(m["step"]) == 2 * SAVE, failures[0]["message"]
@@ -524,7 +521,7 @@ def test_user_error_fails_fast_without_retry(scenarios):
     ev = _result(scenarios, "user_error")
     rec = ev["recovery"]
     assert ev["final"]["state"]["type"] == "FAILED"
-    failures = stage_failures(ev["logs"])
+    failures = ev["verdicts"]
     assert len(failures) == 1 and failures[0]["class"] == "user_error" and not failures[0]["retryable"], failures
     # what is wrong and where, in every rank's forwarded output (the CLI prints it and exits 2)
     for r in range(NPROC):

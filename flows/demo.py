@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import stack as st
+from flows import stack as st
 
 
 def main(argv: list[str] | None = None) -> int:
