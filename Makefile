@@ -3,8 +3,13 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# MindFormers' own environment, as on a user's training nodes: it pins another MindSpore (2.9) than mftasks
+# (2.10), so it lives apart. Used by the tests that run a real MindFormers job (tests/test_mindformers_job.py).
+MF_VENV := .venv-mindformers
+MF_STAMP := $(MF_VENV)/.installed
+MINDFORMERS := mindformers==1.9.0
 
-.PHONY: demo test test-fast test-faults venv
+.PHONY: demo test test-fast test-faults venv mindformers-env
 
 venv: $(STAMP)
 
@@ -14,11 +19,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e '.[test]'
 	touch $(STAMP)
 
+mindformers-env: $(MF_STAMP)
+
+$(MF_STAMP):
+	test -x $(MF_VENV)/bin/python || $(PYTHON) -m venv $(MF_VENV)
+	$(MF_VENV)/bin/python -m pip install -q '$(MINDFORMERS)'
+	touch $(MF_STAMP)
+
 demo: $(STAMP)
 	$(PY) -m flows.demo
 
-# Every test: the slow end-to-end ones and the fault-injection suite included.
-test: $(STAMP)
+# Every test: the slow end-to-end ones, the fault-injection suite and the real MindFormers job included.
+test: $(STAMP) $(MF_STAMP)
 	$(PY) -m pytest -m 'slow or not slow' -q --durations=15
 
 # Only the fault injection through real deployment runs (tests/faults, ~4 min): see docs/RELIABILITY.md.
