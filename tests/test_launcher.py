@@ -334,6 +334,24 @@ def test_hang_detected_from_heartbeats_with_stack_dump(tmp_path):
     assert "most recent call first" in (tmp_path / "log" / "rank_0" / "mindformer.log").read_text()
 
 
+def test_hang_detected_from_the_log_lines_of_a_program_without_heartbeat(tmp_path):
+    """A MindFormers job writes no heartbeat: its own loss lines are its progress."""
+    from mftasks.mfjob.progress import LOSS_LINE
+
+    s = spec(tmp_path, prog("heartbeat.py", "-", 400, 0.05, 1, 3), progress_pattern=LOSS_LINE.pattern,
+             hang_timeout=1.0, stack_dump_wait=0.5)
+    result = launch(s)
+    rc = result.root_cause
+    assert (rc.failure_class, rc.rank, result.stalled_ranks) == (FailureClass.HANG, 1, (1,)), result.summary()
+    assert "printed no new progress line for" in rc.message and "last step 3" in rc.message
+    assert result.ranks[1].last_step == 3 and result.ranks[0].last_step > 3
+    assert "stuck_in_collective" in (tmp_path / "log" / "rank_1" / "mindformer.log").read_text()
+    with pytest.raises(LaunchSpecError) as err:
+        spec(tmp_path, prog("sleep.py"), progress_pattern="step:[(", heartbeat_dir=str(tmp_path))
+    assert "progress_pattern and heartbeat_dir are both set" in str(err.value)
+    assert "progress_pattern='step:[(': not a regular expression" in str(err.value)
+
+
 def test_hang_of_a_stopped_process(tmp_path):
     hb = tmp_path / "hb"
     s = spec(tmp_path, prog("heartbeat.py", hb, 400, 0.05), heartbeat_dir=str(hb), hang_timeout=0.8,

@@ -129,6 +129,7 @@ def test_a_killed_rank_fails_the_job_and_the_retry_resumes_from_meta_json(killed
     assert second.reports[0][0].global_step == second.resumed_from.step + 1  # MindFormers skipped what was done
     assert reached - second.resumed_from.step <= SAVE_STEPS  # steps redone <= one checkpoint interval
     assert second.reports[0][-1].global_step == second.reports[0][-1].total_steps == 4
+    assert second.launch.ranks[0].last_step == 4  # the launcher followed the loss lines (hang detection)
     # per-rank logs under the attempt's own folder, with msrun's names beside them
     log_dir = Path(spec.launch_log_dir) / "attempt_1"
     assert "Training Over" in (log_dir / "worker_0.log").read_text()
@@ -147,7 +148,8 @@ def test_eval_and_lora_finetune_jobs_of_the_result(killed_then_resumed, mf_pytho
     base = [mf_python, str(SCRIPT), "--config", str(job_files["yaml"])]
     ev = run_job(JobSpec(program=[*base, "--run_mode", "eval", "--eval_dataset_dir", str(job_files["eval"]),
                                   "--load_checkpoint", str(trained)],
-                         output_dir=str(job_files["root"] / "eval"), env={"GLOG_v": "3"}, timeout=600))
+                         output_dir=str(job_files["root"] / "eval"), env={"GLOG_v": "3"}, timeout=600,
+                         watch_progress=False))  # evaluate prints no loss lines
     assert ev.ok, ev.launch.summary()
     ppl = ev.metrics["PerplexityMetric"]
     assert math.isfinite(ppl["loss"]) and ppl["PPL"] == pytest.approx(math.exp(ppl["loss"]), rel=1e-6)

@@ -63,6 +63,9 @@ def add_commands(subparsers) -> None:
                    help="msrun's cluster-building timeout, exported as MS_TOPO_TIMEOUT")
     p.add_argument("--heartbeat-dir", metavar="DIR",
                    help="folder of rank_N/heartbeat.json (enables hang detection)")
+    p.add_argument("--progress-pattern", metavar="REGEX",
+                   help="for a program without heartbeats: log lines matching REGEX are its progress (enables "
+                        "hang detection; a `step` group names the step), e.g. MindFormers' loss line")
     p.add_argument("--hang-timeout", type=float, metavar="S", help="seconds without heartbeat progress = hang")
     p.add_argument("--hang-floor", type=float, default=60.0, metavar="S",
                    help="lower bound of the derived hang timeout")
@@ -120,7 +123,8 @@ def spec_from_args(args: argparse.Namespace) -> LaunchSpec:
     return LaunchSpec(program=program, nproc_per_node=args.nproc_per_node, mode=args.mode, nnodes=nnodes or 1,
                       node_rank=args.node_rank, master_addr=args.master_addr, master_port=args.master_port,
                       rank_table=args.rank_table, device_range=args.device_range, log_dir=args.log_dir,
-                      heartbeat_dir=args.heartbeat_dir, hang_timeout=args.hang_timeout, hang_floor=args.hang_floor,
+                      heartbeat_dir=args.heartbeat_dir, progress_pattern=args.progress_pattern,
+                      hang_timeout=args.hang_timeout, hang_floor=args.hang_floor,
                       startup_timeout=args.startup_timeout, timeout=args.timeout, env=env, attempt=args.attempt,
                       layout=layout)
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import re
 import signal
 import statistics
 import subprocess
@@ -137,7 +138,8 @@ class Gang:
             self._started()
         for lr in spec.local_ranks():
             st = RankState(lr.rank, lr.local_rank, argv, rank_env(spec, lr, base), spec.rank_log(lr.rank),
-                           spec.heartbeat_path(lr.rank), spec.error_file(lr.rank))
+                           spec.heartbeat_path(lr.rank), spec.error_file(lr.rank),
+                           progress_re=re.compile(spec.progress_pattern) if spec.progress_pattern else None)
             self.workers.append(st)
             self._start(st)
             self._started()
@@ -231,7 +233,7 @@ class Gang:
                 self._gang_failure(FailureClass.TIMEOUT, f"reached the launch timeout of {spec.timeout:g} s", now,
                                    running)
                 return
-            if spec.heartbeat_dir is not None and now >= next_beat:
+            if spec.watches_progress and now >= next_beat:
                 next_beat = now + HEARTBEAT_EVERY_S
                 if self._check_hang(now):
                     return
@@ -305,19 +307,21 @@ class Gang:
     def _check_hang(self, now: float) -> bool:
         running = self._running_workers()
         for st in running:
-            st.observe_heartbeat(now)
+            st.observe_progress(now)
         limit = self.hang_limit()
         never = [st for st in running if st.last_progress is None and now - st.started_mono > self.spec.startup_timeout]
         stalled = [st for st in running if st.last_progress is not None and now - st.last_progress > limit]
         if not (never or stalled):
             return False
+        heartbeat = self.spec.progress_pattern is None
         if stalled:
             first = min(stalled, key=lambda st: st.last_progress)
-            message = (f"made no heartbeat progress for {now - first.last_progress:.1f} s (hang timeout "
-                       f"{limit:.1f} s; last step {first.last_step})")
+            message = (f"{'made no heartbeat progress' if heartbeat else 'printed no new progress line'} for "
+                       f"{now - first.last_progress:.1f} s (hang timeout {limit:.1f} s; last step {first.last_step})")
         else:
             first = never[0]
-            message = f"wrote no heartbeat within the startup timeout of {self.spec.startup_timeout:g} s"
+            message = (f"{'wrote no heartbeat' if heartbeat else 'printed no progress line'} within the startup "
+                       f"timeout of {self.spec.startup_timeout:g} s")
         culprits = sorted(stalled + never, key=lambda st: st.rank)
         self._dump_stacks(f"hang detected ({', '.join(st.name for st in culprits)}: {message})")
         self._gang_failure(FailureClass.HANG, message, now, culprits, log_of=first)
@@ -381,9 +385,9 @@ class Gang:
 
     def _result(self) -> LaunchResult:
         now = time.monotonic()
-        if self.spec.heartbeat_dir is not None:
+        if self.spec.watches_progress:
             for st in self.workers:
-                st.observe_heartbeat(now)
+                st.observe_progress(now)
 
         def outcome(st: RankState) -> RankOutcome:
             end = st.exit_mono if st.exit_mono is not None else now
@@ -397,7 +401,7 @@ class Gang:
             scheduler=outcome(self.scheduler) if self.scheduler else None,
             failures=failures, started_at=self.wall0, duration=now - self.t0, attempt=self.spec.attempt,
             log_dir=self.spec.attempt_dir,
-            hang_timeout_used=self.hang_limit() if self.spec.heartbeat_dir is not None else None)
+            hang_timeout_used=self.hang_limit() if self.spec.watches_progress else None)
 
 
 def _size(path: str) -> int:

@@ -90,6 +90,10 @@ class LaunchSpec(TypedConfig):
     """Logs: LOG_DIR[/attempt_K]/rank_N/mindformer.log and LOG_DIR[/attempt_K]/scheduler.log."""
     heartbeat_dir: str | os.PathLike | None = None
     """Folder holding rank_N/heartbeat.json written by the Trainer; None disables hang detection."""
+    progress_pattern: str | None = None
+    """For a program that writes no heartbeat (a MindFormers job): a regular expression matched against each
+    rank's log lines; every new matching line is progress, and its `step` group (if any) is the rank's step.
+    Enables hang detection like heartbeat_dir; give one of the two."""
     hang_timeout: float | None = None
     """Seconds without heartbeat progress that count as a hang; None: max(hang_floor, hang_factor x median
     interval between heartbeat updates)."""
@@ -143,12 +147,29 @@ class LaunchSpec(TypedConfig):
             c.require(name, lambda v: v > 0, "must be a number of seconds > 0")
         for name in ("stop_grace", "stack_dump_wait", "scheduler_grace"):
             c.require(name, lambda v: v >= 0, "must be a number of seconds >= 0")
-        if self.hang_timeout is not None and self.heartbeat_dir is None:
+        if self.hang_timeout is not None and not self.watches_progress:
             c.problem("hang_timeout is set but heartbeat_dir is not: hang detection reads "
-                      "HEARTBEAT_DIR/rank_N/heartbeat.json (set heartbeat_dir, usually OUTPUT/log)")
+                      "HEARTBEAT_DIR/rank_N/heartbeat.json (set heartbeat_dir, usually OUTPUT/log, or "
+                      "progress_pattern for a program that writes no heartbeat)")
+        self._check_progress_pattern(c)
         self._check_env(c)
         self._check_layout(c)
         self._check_device_range(c)
+
+    def _check_progress_pattern(self, c: Checks) -> None:
+        if not c.ok("progress_pattern") or self.progress_pattern is None:
+            return
+        if self.heartbeat_dir is not None:
+            c.problem("progress_pattern and heartbeat_dir are both set: progress comes from one of them; give one")
+        try:
+            re.compile(self.progress_pattern)
+        except re.error as exc:
+            c.problem(f"progress_pattern={self.progress_pattern!r}: not a regular expression ({exc})")
+
+    @property
+    def watches_progress(self) -> bool:
+        """Whether the launcher follows each rank's progress (heartbeat files or log lines) to find hangs."""
+        return self.heartbeat_dir is not None or self.progress_pattern is not None
 
     def _check_program(self, c: Checks) -> None:
         """An argv list of strings, never a shell string."""

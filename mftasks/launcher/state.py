@@ -9,6 +9,7 @@ State diagram of one process (the scheduler has the same, without heartbeats):
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 from dataclasses import dataclass, field
@@ -40,10 +41,14 @@ class RankState:
     started_wall: float = 0.0
     exit_mono: float | None = None
     returncode: int | None = None
-    # heartbeat progress, in the launcher's monotonic clock
+    progress_re: re.Pattern | None = None
+    """With the spec's progress_pattern: progress is read from this process's log lines, not a heartbeat."""
+    # heartbeat (or log-line) progress, in the launcher's monotonic clock
     last_step: int | None = None
     last_progress: float | None = None
     intervals: list[float] = field(default_factory=list)
+    log_offset: int = 0
+    """How far the log has been read for progress lines (complete lines only)."""
 
     @property
     def name(self) -> str:
@@ -79,6 +84,42 @@ class RankState:
     def exitcode(self) -> int | None:
         return self.returncode if self.returncode is not None and self.returncode >= 0 else None
 
+    def observe_progress(self, now: float) -> bool:
+        """Read this process's progress (its log lines with progress_re, else its heartbeat file); True
+        when it moved since the last look."""
+        return self.observe_log(now) if self.progress_re is not None else self.observe_heartbeat(now)
+
+    def observe_log(self, now: float) -> bool:
+        """Every complete line added to the log since the last look that matches progress_re is progress;
+        its `step` group (when the pattern has one) becomes last_step."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self.log_offset)
+                chunk = f.read()
+        except OSError:
+            return False
+        end = chunk.rfind(b"\n") + 1
+        if end == 0:
+            return False
+        self.log_offset += end
+        moved = False
+        for line in chunk[:end].decode("utf-8", errors="replace").splitlines():
+            m = self.progress_re.search(line)
+            if m is None:
+                continue
+            moved = True
+            step = m.groupdict().get("step")
+            self.last_step = int(step) if step is not None and step.isdigit() else (self.last_step or 0) + 1
+        if moved:
+            self._progressed(now)
+        return moved
+
+    def _progressed(self, now: float) -> None:
+        if self.last_progress is not None:
+            self.intervals.append(now - self.last_progress)
+            del self.intervals[:-256]
+        self.last_progress = now
+
     def observe_heartbeat(self, now: float) -> bool:
         """Read HEARTBEAT_DIR/rank_N/heartbeat.json; True when the step changed since the last look.
 
@@ -98,10 +139,8 @@ class RankState:
             return False  # written before this process started: a previous attempt's
         if step == self.last_step:
             return False
-        if self.last_progress is not None:
-            self.intervals.append(now - self.last_progress)
-            del self.intervals[:-256]
-        self.last_step, self.last_progress = step, now
+        self.last_step = step
+        self._progressed(now)
         return True
 
 

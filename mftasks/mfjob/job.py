@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..launcher import LaunchResult, LaunchSpec, launch
-from .progress import StepReport, read_reports
+from .progress import LOSS_LINE, StepReport, read_reports
 from .resume import ResumePoint, resume_point
 from .spec import JobSpec
 
@@ -72,7 +72,9 @@ def launch_spec(spec: JobSpec, attempt: int, point: ResumePoint | None) -> Launc
                       node_rank=spec.node_rank, master_addr=spec.master_addr, master_port=spec.master_port,
                       mode="dynamic-cluster" if spec.world_size > 1 else "standalone",
                       log_dir=spec.launch_log_dir, cwd=spec.cwd or spec.output_dir, env=dict(spec.env),
-                      attempt=attempt, timeout=spec.timeout)
+                      attempt=attempt, timeout=spec.timeout,
+                      progress_pattern=LOSS_LINE.pattern if spec.watch_progress else None,
+                      hang_timeout=spec.hang_timeout, startup_timeout=spec.startup_timeout)
 
 
 def run_job(spec: JobSpec, attempt: int = 0, on_line=None) -> JobResult:

@@ -42,10 +42,14 @@ class JobSpec(TypedConfig):
     env: Mapping[str, str] = field(default_factory=dict)
     resume: bool = True
     """Resume a retry from MindFormers' meta.json when every rank saved the same step."""
+    watch_progress: bool = True
+    """Find hangs from MindFormers' own loss lines (it writes no heartbeat): a rank that prints none for the
+    hang timeout, or none within startup_timeout, is a hang (retryable).  Set False for a job that prints
+    no loss lines (evaluate, predict)."""
     hang_timeout: float | None = None
-    """Seconds without a new loss line (MindFormers' own progress) that count as a hang; None: off."""
+    """Seconds without a new loss line that count as a hang; None: max(60 s, 10 x the median interval)."""
     startup_timeout: float = 900.0
-    """Seconds a rank may take to print its first loss line (with hang_timeout)."""
+    """Seconds a rank may take to print its first loss line (import, cluster, compile, first step)."""
     timeout: float | None = None
 
     HAND_CHECKED: ClassVar[tuple[str, ...]] = ("program", "env")
@@ -68,6 +72,9 @@ class JobSpec(TypedConfig):
         c.require("output_dir", bool, "must be a folder path")
         for name, low in {"nproc_per_node": 1, "nnodes": 1, "node_rank": 0}.items():
             c.require(name, lambda v: v >= low, f"must be an integer >= {low}")
+        if self.hang_timeout is not None and self.watch_progress is False:
+            c.problem(f"hang_timeout={self.hang_timeout!r} is set but watch_progress is False: hangs are found "
+                      "from the loss lines; set watch_progress True or drop hang_timeout")
         for name in ("hang_timeout", "timeout"):
             c.require(name, lambda v: v is None or v > 0, "must be a number of seconds > 0 or None")
         c.require("startup_timeout", lambda v: v > 0, "must be a number of seconds > 0")
