@@ -7,6 +7,10 @@ model_parallel = pipeline_stage = 1 *is* data parallelism, so on CPU `init_conte
 DATA_PARALLEL with gradients_mean=True and logs that it did; model/pipeline/optimizer parallelism
 is refused on CPU with a message saying it needs Ascend.
 
+`mftasks.parallel` splits the model across ranks with explicit communication (tensor and pipeline
+parallelism, CPU-tested against one process), but the Trainer does not drive it yet, so the layouts it
+needs are still refused here for Trainer runs (issue 13).
+
 MindSpore is imported inside functions so importing this module is cheap.
 """
 from __future__ import annotations

@@ -1,15 +1,15 @@
 """Real tensor and pipeline parallelism on CPU: ranks started by the gang launcher train a tiny GPT-2 under
-mp2, pp2 (micro 2), dp2 x mp2 and mp2 x pp2, and must match one process on the same global batches
-(per-step losses within 1e-4 relative, merged final weights close), each rank holding only its part.
+mp2, pp2 (micro 2), dp2 with optimizer_shard, dp2 x mp2 and mp2 x pp2, and must match one process on the
+same global batches (20 steps: per-step losses within 1e-4 relative, merged final weights within 1e-4, eval
+loss of a held-out batch before and after training), each rank holding only its part.
 
-Two launches (2 ranks: mp2 then pp2; 4 ranks: dp2 x mp2 then mp2 x pp2), each writing per-rank JSON/npz
-that every assertion here reads.  The rank program is tests/parallel/parity_rank.py.
+Two launches (2 ranks: mp2, pp2, dp2 + optimizer_shard; 4 ranks: dp2 x mp2 then mp2 x pp2), each writing
+per-rank JSON/npz that every assertion here reads.  The rank program is tests/parallel/parity_rank.py.
 """
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mftasks.context import ParallelConfig
 from mftasks.parallel.shards import merge_rank_states
+
+from conftest import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "parallel"))
 import parity_rank  # noqa: E402
@@ -26,19 +27,14 @@ import parity_rank  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
-MP2, PP2 = "1,2,1,1,0", "1,1,2,2,1"  # dp,mp,pp,micro,vocab_emb_dp: mp2 splits the vocabulary too
+# dp,mp,pp,micro,vocab_emb_dp[,optimizer_shard]: mp2 splits the vocabulary too
+MP2, PP2, DP2_ZERO = "1,2,1,1,0", "1,1,2,2,1", "2,1,1,2,1,1"
 DP2_MP2, MP2_PP2 = "2,2,1,2,1", "1,2,2,2,0"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _launch(out: Path, nproc: int, *layouts: str) -> Path:
     argv = [sys.executable, "-m", "mftasks.cli", "launch", "--nproc-per-node", str(nproc), "--master-port",
-            str(_port()), "--log-dir", str(out / "log"), "--timeout", "400", "--",
+            str(free_port()), "--log-dir", str(out / "log"), "--timeout", "400", "--",
             sys.executable, str(REPO / "tests" / "parallel" / "parity_rank.py"), str(out), *layouts]
     r = subprocess.run(argv, env=dict(os.environ, GLOG_v="3", PYTHONPATH=str(REPO)), capture_output=True,
                        text=True, timeout=450)
@@ -47,20 +43,13 @@ def _launch(out: Path, nproc: int, *layouts: str) -> Path:
 
 
 def _ranks(out: Path, spec: str) -> dict[int, dict]:
-    dp, mp, pp, micro, vemb = spec.split(",")
-    folder = out / f"dp{dp}_mp{mp}_pp{pp}_micro{micro}_vemb{vemb}"
+    folder = out / parity_rank.layout_tag(spec)
     runs = {}
     for f in sorted(folder.glob("rank_*.json")):
         run = json.loads(f.read_text())
         run["params"] = dict(np.load(f.with_suffix(".npz")))
         runs[run["rank"]] = run
     return runs
-
-
-def _layout(spec: str) -> ParallelConfig:
-    dp, mp, pp, micro, vemb = (int(v) for v in spec.split(","))
-    return ParallelConfig(data_parallel=dp, model_parallel=mp, pipeline_stage=pp, micro_batch_num=micro,
-                          vocab_emb_dp=bool(vemb))
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +59,7 @@ def reference():
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    return _launch(tmp_path_factory.mktemp("parallel2"), 2, MP2, PP2)
+    return _launch(tmp_path_factory.mktemp("parallel2"), 2, MP2, PP2, DP2_ZERO)
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +68,18 @@ def four_ranks(tmp_path_factory):
 
 
 def _check_parity(runs: dict[int, dict], spec: str, reference: dict) -> None:
-    pc = _layout(spec)
+    pc = parity_rank.layout_of(spec)
     assert sorted(runs) == list(range(pc.world_size))
     ref = np.array(reference["losses"])
     for rank, run in runs.items():
         rel = np.abs(np.array(run["losses"]) - ref) / np.abs(ref)
         assert rel.max() < 1e-4, f"{spec} rank {rank}: losses {run['losses']} vs {list(ref)} (max rel {rel.max()})"
     assert ref[-1] < ref[0] - 0.5  # it really trained
+    (ref_sum0, ref_tokens), (ref_sum1, _) = reference["eval"]
+    for rank, run in runs.items():  # token-weighted eval loss of a held-out batch, before and after training
+        (sum0, tokens0), (sum1, tokens1) = run["eval"]
+        assert tokens0 == tokens1 == ref_tokens
+        assert abs(sum0 / ref_sum0 - 1) < 1e-5 and abs(sum1 / ref_sum1 - 1) < 1e-4, (spec, rank, run["eval"])
     for d in range(pc.data_parallel):  # every replica ends with the weights of one process
         merged = merge_rank_states({r: run["params"] for r, run in runs.items()}, pc, parity_rank.tiny_config(), d)
         assert merged.keys() == reference["state"].keys()
@@ -99,6 +93,16 @@ def test_mp2_matches_one_process(two_ranks, reference):
 
 def test_pp2_matches_one_process(two_ranks, reference):
     _check_parity(_ranks(two_ranks, PP2), PP2, reference)
+
+
+def test_dp2_with_optimizer_shard_matches_one_process_holding_half_the_moments(two_ranks, reference):
+    runs = _ranks(two_ranks, DP2_ZERO)
+    _check_parity(runs, DP2_ZERO, reference)
+    params = sum(int(np.prod(v.shape)) for v in reference["state"].values())
+    for run in runs.values():  # each rank's AdamW moments cover half of the (padded) parameters
+        assert run["moment_elements"] <= params // 2 + 2, (run["moment_elements"], params)
+    for run in _ranks(two_ranks, MP2).values():  # without optimizer_shard: moments for every element it holds
+        assert run["moment_elements"] == sum(int(np.prod(s)) for s in run["shapes"].values())
 
 
 def test_dp2_mp2_matches_one_process(four_ranks, reference):

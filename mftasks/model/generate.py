@@ -221,6 +221,11 @@ def _validate(model, prompts, max_new_tokens, eos_id, pad_id, do_sample, top_k, 
               repetition_penalty) -> None:
     cfg = model.config
     problems = []
+    split = getattr(model, "parallel", None)
+    if split is not None and split.layout.world_size > 1:
+        problems.append(f"the model is one rank's part of a {split.layout.data_parallel}x{split.layout.model_parallel}"
+                        f"x{split.layout.pipeline_stage} layout: generation over split models is not implemented yet; "
+                        "merge the ranks' parameters (mftasks.parallel.shards.merge_rank_states) and generate on one")
     if not isinstance(prompts, (list, tuple)) or not prompts:
         problems.append("prompts must be a non-empty list of token-id lists")
     else:

@@ -177,6 +177,11 @@ def apply_lora(model: nn.Cell, lora_config: LoraConfig) -> nn.Cell:
     """Wrap the targeted Dense layers of every block of a GPT2LMHeadModel in LoRADense (in place)."""
     if any(isinstance(c, LoRADense) for _, c in model.cells_and_names()):
         raise ConfigError("the model already has LoRA layers; apply_lora once per model", where="apply_lora")
+    split = getattr(model, "parallel", None)
+    if split is not None and split.mp_size > 1:
+        raise ConfigError(f"model_parallel={split.mp_size}: LoRA on tensor-parallel layers is not implemented yet "
+                          "(the adapters would not be split like their base layers); use model_parallel: 1",
+                          where="apply_lora")
     layers: dict[str, list[str]] = {}
     for t in lora_config.targets:
         layers.setdefault(TARGET_LAYERS[t], []).append(t)

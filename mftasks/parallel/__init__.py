@@ -3,12 +3,12 @@
 
 Modules: layout (rank numbering, layout checks), groups (parallel_state: this rank's groups), mappings
 (the communication operators), layers (column/row/vocabulary-parallel layers), shards (how a rank's slices
-map to the full parameters, both ways), model (build one rank's model), pipeline (the schedule and the
-training step).
+map to the full parameters, both ways), model (build one rank's model), optimizer (optimizer_shard:
+ZeRO-1 over the dp group), pipeline (the schedule, the training and evaluation steps).
 
     state = initialize_model_parallel(layout)                       # after MindSpore's init()
     model = build_rank_model(config, state, full_state)             # only this rank's stage and slices
-    step = ParallelTrainStep(model, state, build_optimizer(model.trainable_params(), args, lrs),
+    step = ParallelTrainStep(model, state, build_parallel_optimizer(model, state, args, lrs),
                              args.max_grad_norm)
     result = step(input_ids, attention_mask)                        # this replica's rows of the global batch
 

@@ -21,11 +21,16 @@ One optimizer step (`ParallelTrainStep`), on this rank's replica share of the gl
 5. the global gradient norm (every element counted once: split slices on each mp rank, replicated
    parameters on mp rank 0, the tied embedding on the first stage) is summed over the replica's model
    group, and the gradients are clipped as `ops.clip_by_global_norm` does;
-6. the optimizer (the Trainer's: `mftasks.optim.build_optimizer` over `model.trainable_params()`) steps;
+6. the optimizer steps: the Trainer's (`mftasks.optim.build_optimizer` over `model.trainable_params()`), or
+   with optimizer_shard its ZeRO-1 form (`mftasks.parallel.optimizer.DistributedOptimizer`); build either
+   with `build_parallel_optimizer`;
 7. the reported loss is summed over the world group: the same global-batch mean on every rank.
 
+Evaluation (`ParallelEvalStep`, `forward_only`): the same pipeline, forwards only, returning the global
+batch's (sum of token losses, label tokens) on every rank, for a token-weighted eval loss / PPL.
+
 CPU-tested with mp2, pp2, dp2 x mp2 and mp2 x pp2 against one process (tests/test_parallel_parity.py);
-Ascend/GPU untested.  Not implemented (refused by `step_problems`): optimizer_shard, use_seq_parallel,
+Ascend/GPU untested.  Not implemented (refused by `step_problems`): use_seq_parallel,
 micro_batch_interleave_num > 1, dropout with pp > 1.
 """
 from __future__ import annotations
@@ -43,20 +48,18 @@ from mftasks.model.gpt2 import GPT2LMHeadModel
 from .groups import ParallelState
 from .layout import layout_problems
 from .mappings import PipeTransfer
+from .optimizer import DistributedOptimizer
 from .shards import split_axis, tied_copy
 
 __all__ = [
-    "ParallelTrainStep", "PipelineStage", "StepResult", "forward_backward_no_pipelining",
-    "forward_backward_pipelining_without_interleaving", "step_problems",
+    "ParallelEvalStep", "ParallelTrainStep", "PipelineStage", "StepResult", "forward_backward_no_pipelining",
+    "forward_backward_pipelining_without_interleaving", "forward_only", "step_problems",
 ]
 
 
 def step_problems(state: ParallelState, config: GPT2Config) -> list[str]:
     """What this module cannot (yet) run for the layout, each naming its field."""
     pc, problems = state.layout, []
-    if pc.optimizer_shard:
-        problems.append("optimizer_shard=True: optimizer-state sharding is not implemented by mftasks.parallel "
-                        "yet; set it to false")
     if pc.use_seq_parallel:
         problems.append("use_seq_parallel=True: sequence parallelism is not implemented; set it to false")
     if pc.micro_batch_interleave_num > 1:
@@ -96,6 +99,19 @@ class StageLoss(nn.Cell):
         return (nll * attention_mask[:, 1:].astype(ms.float32)).sum() * scale
 
 
+class StageEval(nn.Cell):
+    """The last stage, evaluating: (input, input_ids, attention_mask) -> (sum of masked token losses, tokens)."""
+
+    def __init__(self, model: GPT2LMHeadModel, first: bool):
+        super().__init__(auto_prefix=False)
+        self.model, self.first = model, first
+
+    def construct(self, inp, input_ids, attention_mask):
+        x = self.model.transformer.blocks(_embed_or_pass(self.model, self.first, inp))
+        mask = attention_mask[:, 1:].astype(ms.float32)
+        return (self.model.token_nll(x, input_ids[:, 1:]) * mask).sum(), mask.sum()
+
+
 class _LossAndGrads(nn.Cell):
     def __init__(self, net, weights, input_grad: bool):
         super().__init__(auto_prefix=False)
@@ -125,8 +141,9 @@ class PipelineStage:
         self.first, self.last = place.is_first_stage, place.is_last_stage
         self.hidden = model.config.n_embd
         self.weights = ms.ParameterTuple(model.trainable_params())
-        if self.last:
+        if self.last:  # (cells compile on their first call: an evaluation-only stage never compiles the grads)
             self.loss_and_grads = _LossAndGrads(StageLoss(model, self.first), self.weights, not self.first)
+            self.eval_loss = StageEval(model, self.first)
         else:
             self.forward = StageForward(model, self.first)
             self.backward = _StageBackward(self.forward, self.weights, not self.first)
@@ -180,6 +197,64 @@ def forward_backward_pipelining_without_interleaving(stage: PipelineStage, micro
     return loss, acc
 
 
+def forward_only(stage: PipelineStage, micro_batches: list[MicroBatch]) -> tuple[float, float]:
+    """Every micro-batch forward through the stages, no backward (evaluation): this stage's (sum of masked
+    token losses, label tokens), both 0 unless it is the last stage."""
+    loss = tokens = 0.0
+    for ids, mask in micro_batches:
+        inp = ids if stage.first else stage.to_prev.recv(stage.hidden_shape(ids))
+        if stage.last:
+            mb_loss, mb_tokens = stage.eval_loss(inp, ids, mask)
+            loss, tokens = loss + float(mb_loss.asnumpy()), tokens + float(mb_tokens.asnumpy())
+        else:
+            stage.to_next.send(stage.forward(inp))
+    return loss, tokens
+
+
+_SUMS: dict[str, nn.Cell] = {}
+
+
+def _all_reduce(x: ms.Tensor, group: str | None) -> ms.Tensor:
+    """Sum of x over `group` ("world": every rank; None: a group of one, x itself)."""
+    if group is None:
+        return x
+    if group not in _SUMS:
+        _SUMS[group] = ops.AllReduce() if group == "world" else ops.AllReduce(group=group)
+    return _SUMS[group](x)
+
+
+def _over_world(state: ParallelState, *values: float) -> list[float]:
+    """Each last-stage value summed over every replica (the mp ranks of a last stage hold the same value)."""
+    mine = [v / state.mp_size if state.place.is_last_stage else 0.0 for v in values]
+    if state.layout.world_size == 1:
+        return mine
+    return [float(v) for v in _all_reduce(ms.Tensor(mine, ms.float32), "world").asnumpy()]
+
+
+def _micro_batches(input_ids: np.ndarray, attention_mask: np.ndarray, micro: int) -> list[MicroBatch]:
+    B = input_ids.shape[0]
+    if B % micro:
+        raise ConfigError(f"{B} rows per replica are not divisible by micro_batch_num={micro}",
+                          where="mftasks.parallel")
+    b = B // micro
+    return [(ms.Tensor(input_ids[i:i + b], ms.int32), ms.Tensor(attention_mask[i:i + b], ms.int32))
+            for i in range(0, B, b)]
+
+
+class ParallelEvalStep:
+    """Token-weighted evaluation of one global batch: `(loss sum, label tokens)` over every replica, the same
+    on every rank (each replica passes its rows, as for ParallelTrainStep).  Mean loss = sum / tokens."""
+
+    def __init__(self, model: GPT2LMHeadModel, state: ParallelState):
+        ConfigError.raise_if(layout_problems(state.layout, model.config), where="ParallelEvalStep")
+        self.state, self.stage = state, PipelineStage(model, state)
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[float, float]:
+        micro = _micro_batches(input_ids, attention_mask, self.state.layout.micro_batch_num)
+        loss, tokens = _over_world(self.state, *forward_only(self.stage, micro))
+        return loss, tokens
+
+
 @dataclass(frozen=True)
 class StepResult:
     loss: float
@@ -191,7 +266,7 @@ class StepResult:
 class ParallelTrainStep:
     """One optimizer step of this rank for its layout (see the module docstring for the order of work).
 
-        step = ParallelTrainStep(model, state, build_optimizer(model.trainable_params(), args, lrs),
+        step = ParallelTrainStep(model, state, build_parallel_optimizer(model, state, args, lrs),
                                  args.max_grad_norm)
         result = step(input_ids, attention_mask)   # this replica's rows of the global batch, numpy int32
 
@@ -203,6 +278,9 @@ class ParallelTrainStep:
                  max_grad_norm: float | None = None):
         pc = state.layout
         problems = layout_problems(pc, model.config) + step_problems(state, model.config)
+        if pc.optimizer_shard != isinstance(optimizer, DistributedOptimizer):
+            problems.append(f"optimizer_shard={pc.optimizer_shard} but the optimizer is a {type(optimizer).__name__}; "
+                            "build it with mftasks.parallel.optimizer.build_parallel_optimizer")
         ConfigError.raise_if(problems, where="ParallelTrainStep")
         self.state, self.optimizer, self.max_grad_norm = state, optimizer, max_grad_norm
         self.stage = PipelineStage(model, state)
@@ -216,50 +294,33 @@ class ParallelTrainStep:
         self.wte = self.names.index("transformer.wte.embedding_table") if state.embedding_group else None
         self.schedule = (forward_backward_pipelining_without_interleaving if pc.pipeline_stage > 1
                          else forward_backward_no_pipelining)
-        self._sum = {}
-
-    def _all_reduce(self, x: ms.Tensor, group: str | None) -> ms.Tensor:
-        if group is None:
-            return x
-        if group not in self._sum:
-            self._sum[group] = ops.AllReduce(group=group) if group != "world" else ops.AllReduce()
-        return self._sum[group](x)
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> StepResult:
         st = self.state
-        B = input_ids.shape[0]
-        if B % self.micro:
-            raise ConfigError(f"{B} rows per replica are not divisible by micro_batch_num={self.micro}",
-                              where="ParallelTrainStep")
+        micro = _micro_batches(input_ids, attention_mask, self.micro)
         tokens = np.array([attention_mask[:, 1:].sum()], dtype=np.float32)
-        tokens = float(self._all_reduce(ms.Tensor(tokens), st.dp_group).asnumpy()[0])
+        tokens = float(_all_reduce(ms.Tensor(tokens), st.dp_group).asnumpy()[0])
         scale = ms.Tensor(1.0 / max(tokens, 1.0), ms.float32)
-        b = B // self.micro
-        micro = [(ms.Tensor(input_ids[i:i + b], ms.int32), ms.Tensor(attention_mask[i:i + b], ms.int32))
-                 for i in range(0, B, b)]
         loss, grads = self.schedule(self.stage, micro, scale)
         grads = list(grads)
         if self.wte is not None:
-            grads[self.wte] = self._all_reduce(grads[self.wte], st.embedding_group)
+            grads[self.wte] = _all_reduce(grads[self.wte], st.embedding_group)
         grads = self._dp_sum(grads)
         norm = self._global_norm(grads)
         if self.max_grad_norm:
             coef = ms.Tensor(self.max_grad_norm / max(norm, self.max_grad_norm), ms.float32)
             grads = [g * coef for g in grads]
         self.optimizer(tuple(grads))
-        mine = loss / st.mp_size if st.place.is_last_stage else 0.0
-        world = st.layout.world_size > 1
-        total = self._all_reduce(ms.Tensor([mine], ms.float32), "world" if world else None)
-        return StepResult(float(total.asnumpy()[0]) if world else mine, norm)
+        return StepResult(_over_world(st, loss)[0], norm)
 
     def _dp_sum(self, grads: list[ms.Tensor]) -> list[ms.Tensor]:
         if self.state.dp_group is None:
             return grads
-        flat = self._all_reduce(ops.cat([g.reshape(-1) for g in grads]), self.state.dp_group)
+        flat = _all_reduce(ops.cat([g.reshape(-1) for g in grads]), self.state.dp_group)
         parts = ops.split(flat, [int(np.prod(g.shape)) for g in grads])
         return [p.reshape(g.shape) for p, g in zip(parts, grads)]
 
     def _global_norm(self, grads: list[ms.Tensor]) -> float:
         squares = [ops.square(g).sum() for g, keep in zip(grads, self.norm_mask) if keep]
         local = ops.stack(squares).sum().reshape(1) if squares else ms.Tensor([0.0], ms.float32)
-        return float(np.sqrt(self._all_reduce(local, self.state.model_group).asnumpy()[0]))
+        return float(np.sqrt(_all_reduce(local, self.state.model_group).asnumpy()[0]))

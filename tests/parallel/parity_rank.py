@@ -4,8 +4,9 @@ OUT/<tag>/rank_<r>.npz (its final parameters, full-model names).
 
     mftasks launch --nproc-per-node 2 -- python tests/parallel/parity_rank.py OUT 1,2,1,1,0 1,1,2,2,1
 
-A layout is dp,mp,pp,micro_batch_num,vocab_emb_dp.  The 1-process reference (`reference_run`) is imported
-by the test and run in its own process: same seed, same initial weights, same global batches.
+A layout is dp,mp,pp,micro_batch_num,vocab_emb_dp[,optimizer_shard].  The 1-process reference
+(`reference_run`) is imported by the test and run in its own process: same seed, same initial weights, same
+global batches.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ os.environ.setdefault("GLOG_v", "3")
 
 import numpy as np  # noqa: E402
 
-SEED, STEPS, GLOBAL_BATCH, SEQ, VOCAB = 1234, 12, 8, 16, 96
+SEED, STEPS, GLOBAL_BATCH, SEQ, VOCAB = 1234, 20, 8, 16, 96
 
 
 def tiny_config(n_layer: int = 2):
@@ -36,12 +37,12 @@ def training_args():
                              lr_scheduler_type="cosine")
 
 
-def global_batches(steps: int = STEPS) -> list[tuple[np.ndarray, np.ndarray]]:
+def global_batches(steps: int = STEPS, seed: int = SEED) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per step: input_ids and attention_mask (GLOBAL_BATCH, SEQ + 1) int32.  Rows are learnable sequences
     (start + stride * t, modulo); every third row is padded at the end."""
     out = []
     for step in range(steps):
-        rng = np.random.default_rng(SEED + step)
+        rng = np.random.default_rng(seed + step)
         start = rng.integers(0, VOCAB - 4, size=(GLOBAL_BATCH, 1))
         stride = rng.integers(1, 4, size=(GLOBAL_BATCH, 1))
         ids = (4 + (start + stride * np.arange(SEQ + 1)) % (VOCAB - 4)).astype(np.int32)
@@ -50,6 +51,11 @@ def global_batches(steps: int = STEPS) -> list[tuple[np.ndarray, np.ndarray]]:
         ids[mask == 0] = 0
         out.append((ids, mask))
     return out
+
+
+def eval_batch() -> tuple[np.ndarray, np.ndarray]:
+    """A global batch no step trains on."""
+    return global_batches(1, SEED + 1000)[0]
 
 
 def initial_state(config) -> dict[str, np.ndarray]:
@@ -66,7 +72,7 @@ def reference_run(n_layer: int = 2, steps: int = STEPS) -> dict:
     """One process, the Trainer's model, loss, optimizer and train step on the whole global batch."""
     import mindspore as ms
 
-    from mftasks.model.gpt2 import GPT2LMHeadModel, GPT2WithLoss
+    from mftasks.model.gpt2 import GPT2EvalLoss, GPT2LMHeadModel, GPT2WithLoss
     from mftasks.optim import build_optimizer, lr_schedule, train_step_cells
 
     config, args = tiny_config(n_layer), training_args()
@@ -76,8 +82,12 @@ def reference_run(n_layer: int = 2, steps: int = STEPS) -> dict:
         p.set_data(ms.Tensor(init[p.name]))
     opt = build_optimizer(model.trainable_params(), args, lr_schedule(args, steps))
     step, _ = train_step_cells(GPT2WithLoss(model), opt, args.max_grad_norm, 1)
-    losses = [float(step(ms.Tensor(ids), ms.Tensor(mask)).asnumpy()) for ids, mask in global_batches(steps)]
-    return {"losses": losses, "state": {p.name: p.asnumpy() for p in model.get_parameters()}}
+    evaluate = GPT2EvalLoss(model)
+    ids, mask = (ms.Tensor(a) for a in eval_batch())
+    before = [float(v.asnumpy()) for v in evaluate(ids, mask)]
+    losses = [float(step(ms.Tensor(i), ms.Tensor(m)).asnumpy()) for i, m in global_batches(steps)]
+    after = [float(v.asnumpy()) for v in evaluate(ids, mask)]
+    return {"losses": losses, "eval": [before, after], "state": {p.name: p.asnumpy() for p in model.get_parameters()}}
 
 
 def check_scatter_gather(state) -> dict:
@@ -114,34 +124,58 @@ def check_scatter_gather(state) -> dict:
     return {"x": x.tolist(), "w": w.tolist(), "loss": loss, "dx": dx.tolist()}
 
 
-def run_layout(spec: str, rank: int, out: Path, n_layer: int, steps: int = STEPS) -> None:
+def layout_of(spec: str):
+    """dp,mp,pp,micro,vocab_emb_dp[,optimizer_shard] -> ParallelConfig."""
     from mftasks.context import ParallelConfig
-    from mftasks.optim import build_optimizer, lr_schedule
-    from mftasks.parallel.groups import initialize_model_parallel
-    from mftasks.parallel.model import build_rank_model, rank_state
-    from mftasks.parallel.pipeline import ParallelTrainStep
 
-    dp, mp, pp, micro, vemb = (int(v) for v in spec.split(","))
-    pc = ParallelConfig(data_parallel=dp, model_parallel=mp, pipeline_stage=pp, micro_batch_num=micro,
-                        vocab_emb_dp=bool(vemb))
+    dp, mp, pp, micro, vemb, *shard = (int(v) for v in spec.split(","))
+    return ParallelConfig(data_parallel=dp, model_parallel=mp, pipeline_stage=pp, micro_batch_num=micro,
+                          vocab_emb_dp=bool(vemb), optimizer_shard=bool(shard and shard[0]))
+
+
+def layout_tag(spec: str) -> str:
+    """The folder of a layout's outputs."""
+    pc = layout_of(spec)
+    return (f"dp{pc.data_parallel}_mp{pc.model_parallel}_pp{pc.pipeline_stage}_micro{pc.micro_batch_num}"
+            f"_vemb{int(pc.vocab_emb_dp)}" + ("_zero1" if pc.optimizer_shard else ""))
+
+
+def run_layout(spec: str, rank: int, out: Path, n_layer: int, steps: int = STEPS) -> None:
+    from mftasks.optim import lr_schedule
+    from mftasks.parallel.groups import initialize_model_parallel
+    from mftasks.parallel.optimizer import build_parallel_optimizer
+    from mftasks.parallel.model import build_rank_model, rank_state
+    from mftasks.parallel.pipeline import ParallelEvalStep, ParallelTrainStep
+
+    pc = layout_of(spec)
+    dp, mp, pp = pc.data_parallel, pc.model_parallel, pc.pipeline_stage
     config, args = tiny_config(n_layer), training_args()
     t0 = time.time()
     state = initialize_model_parallel(pc, rank)
     model = build_rank_model(config, state, initial_state(config))
-    step = ParallelTrainStep(model, state, build_optimizer(model.trainable_params(), args, lr_schedule(args, steps)),
+    step = ParallelTrainStep(model, state, build_parallel_optimizer(model, state, args, lr_schedule(args, steps)),
                              args.max_grad_norm)
     rows = GLOBAL_BATCH // dp
     d = state.place.dp_rank
-    results = [step(ids[d * rows:(d + 1) * rows], mask[d * rows:(d + 1) * rows]) for ids, mask in global_batches(steps)]
-    tag = f"dp{dp}_mp{mp}_pp{pp}_micro{micro}_vemb{vemb}"
+
+    def mine(batch):  # this replica's rows of a global batch
+        return tuple(a[d * rows:(d + 1) * rows] for a in batch)
+
+    evaluate = ParallelEvalStep(model, state)
+    before = evaluate(*mine(eval_batch()))
+    results = [step(*mine(batch)) for batch in global_batches(steps)]
+    after = evaluate(*mine(eval_batch()))
+    tag = layout_tag(spec)
     folder = out / tag
     folder.mkdir(parents=True, exist_ok=True)
     params = rank_state(model)
+    adam = getattr(step.optimizer, "optimizer", step.optimizer)  # DistributedOptimizer wraps the Trainer's
     np.savez(folder / f"rank_{rank}.npz", **params)
     (folder / f"rank_{rank}.json").write_text(json.dumps({
         "layout": spec, "rank": rank, "place": [state.place.stage, state.place.dp_rank, state.place.mp_rank],
-        "losses": [r.loss for r in results], "grad_norms": [r.grad_norm for r in results],
+        "losses": [r.loss for r in results], "grad_norms": [r.grad_norm for r in results], "eval": [before, after],
         "shapes": {k: list(v.shape) for k, v in params.items()}, "seconds": time.time() - t0,
+        "moment_elements": int(sum(np.prod(m.shape) for m in adam.moments1)),
         "scatter_gather": check_scatter_gather(state) if mp > 1 and pp == 1 else None}))
     print(f"rank {rank} {tag}: losses {[round(r.loss, 5) for r in results]} ({time.time() - t0:.1f} s)", flush=True)
 
