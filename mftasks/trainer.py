@@ -172,6 +172,8 @@ class Trainer:
         for problem in run.leftovers:  # resuming: what a killed attempt of this run left (its manifest never written)
             log.warning("resuming over a file no manifest vouches for (left by a killed attempt): %s",
                         problem.split(" is not ", 1)[0])
+        for warning in run.warnings:
+            log.warning(warning)
         if args.max_steps == -1:  # MindFormers' and transformers' meaning: -1 = train num_train_epochs epochs
             log.info("max_steps is -1: training num_train_epochs=%d epoch(s) of %d steps = %d steps; set max_steps "
                      "to train a fixed number of steps", args.num_train_epochs, per_epoch, total)

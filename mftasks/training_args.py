@@ -152,15 +152,18 @@ class TrainingArguments(TypedConfig):
             return self.warmup_steps
         return int(math.ceil(self.warmup_ratio * total_steps))
 
-    def check_warmup(self, total_steps: int) -> None:
-        """Raise ConfigError if warmup is longer than the run (call once the step count is known)."""
+    def warmup_warning(self, total_steps: int) -> str | None:
+        """The warning for a warmup longer than the run (None when it fits); call once the step count is
+        known.  Such a run trains anyway, its learning rate still rising at the end, as in MindFormers and
+        transformers (the guide's warmup_steps=100 with a short run)."""
         if not isinstance(total_steps, int) or isinstance(total_steps, bool) or total_steps < 1:
             raise ConfigError([f"total_steps={total_steps!r}: must be a positive integer"],
-                              where="TrainingArguments.check_warmup")
+                              where="TrainingArguments.warmup_warning")
         warmup = self.get_warmup_steps(total_steps)
-        if warmup > total_steps:
-            source = (f"warmup_steps={self.warmup_steps}" if self.warmup_steps > 0
-                      else f"warmup_ratio={self.warmup_ratio} (= {warmup} steps)")
-            raise ConfigError([f"{source}: more than the {total_steps} training steps of this run; "
-                               f"lower warmup_steps to at most {total_steps} or train longer"],
-                              where="TrainingArguments")
+        if warmup <= total_steps:
+            return None
+        source = (f"warmup_steps={self.warmup_steps}" if self.warmup_steps > 0
+                  else f"warmup_ratio={self.warmup_ratio} (= {warmup} steps)")
+        return (f"{source}: more than the {total_steps} training steps of this run, so the learning rate never "
+                f"reaches learning_rate={self.learning_rate:g} (it ends at {self.learning_rate * total_steps / warmup:.3g}); "
+                f"lower warmup_steps to at most {total_steps} or train longer")

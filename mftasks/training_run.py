@@ -57,6 +57,8 @@ class Run:
     """The old run's checkpoints that overwrite_output_dir removes once every check passed."""
     leftovers: list[str] = field(default_factory=list)
     """Resuming: files a killed attempt left under names this run will write (problem lines)."""
+    warnings: list[str] = field(default_factory=list)
+    """What the run does that the user may not expect (a warmup longer than the run), logged at its start."""
     lineage: dict | None = None
     """Dataset, tokenizer (copied into output_dir) and parent, recorded in every checkpoint's manifest;
     set once the run starts writing."""
@@ -87,14 +89,15 @@ def plan(args, choice: weights.ModelChoice, stage: str, dataset: str, start: ckp
                           f"too few for one step of batch_size {args.batch_size} x {world} rank(s) x "
                           f"{k} accumulation step(s); lower batch_size or add data", where="Trainer")
     total = args.max_steps if args.max_steps > 0 else per_epoch * args.num_train_epochs
-    args.check_warmup(total)
+    warnings = [w for w in [args.warmup_warning(total)] if w]
     first = resume_from.global_step if resume_from is not None else 0
     planned = [ckpt.file_name(ckpt.PREFIX[stage], rank, *(x + 1 for x in divmod(step - 1, per_epoch)))
                for step in range(first + 1, total + 1) if step % args.save_steps == 0 or step == total]
     foreign = out_dir.foreign_files(ckpt.rank_dir(args.output_dir, rank), planned)
     if resume_from is None:
         ConfigError.raise_if(foreign, where="Trainer")
-    return Run(stage, rank, world, cfg, dataset, manifest, per_epoch, total, start, resume_from, old_run, foreign)
+    return Run(stage, rank, world, cfg, dataset, manifest, per_epoch, total, start, resume_from, old_run, foreign,
+               warnings)
 
 
 def check_dataset_files(folder, manifest: dict) -> None:

@@ -218,8 +218,8 @@ def test_overwrite_output_dir_deletes_nothing_when_a_check_fails(tmp_path, tiny_
     out = tmp_path / "out"
     Trainer(model=TINY, args=_args(out), train_dataset=tiny_dataset).train()
     before = tree(out)
-    with pytest.raises(ConfigError, match="warmup_steps=100"):
-        Trainer(model=TINY, args=_args(out, overwrite_output_dir=True, warmup_steps=100),
+    with pytest.raises(ConfigError, match="too few for one step of batch_size 100000"):
+        Trainer(model=TINY, args=_args(out, overwrite_output_dir=True, batch_size=100_000),
                 train_dataset=tiny_dataset).train()
     assert tree(out) == before
 

@@ -111,12 +111,12 @@ def test_replace_returns_validated_copy_and_never_mutates():
         args.batch_size = 4
 
 
-def test_check_warmup():
-    TrainingArguments(warmup_steps=100).check_warmup(100)
-    with pytest.raises(ConfigError, match="warmup_steps=100: more than the 10 training steps"):
-        TrainingArguments(warmup_steps=100).check_warmup(10)
+def test_warmup_warning():
+    assert TrainingArguments(warmup_steps=100).warmup_warning(100) is None
+    assert TrainingArguments(warmup_steps=100, learning_rate=1e-3).warmup_warning(10) == (
+        "warmup_steps=100: more than the 10 training steps of this run, so the learning rate never reaches "
+        "learning_rate=0.001 (it ends at 0.0001); lower warmup_steps to at most 10 or train longer")
     ratio = TrainingArguments(warmup_ratio=0.5)
-    assert ratio.get_warmup_steps(10) == 5
-    ratio.check_warmup(10)
+    assert ratio.get_warmup_steps(10) == 5 and ratio.warmup_warning(10) is None
     with pytest.raises(ConfigError, match="total_steps=0"):
-        ratio.check_warmup(0)
+        ratio.warmup_warning(0)
