@@ -272,6 +272,41 @@ def _apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> list
     return problems
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, noting every key a mapping sets twice (YAML would silently keep the last)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.duplicates: list[str] = []
+
+    def construct_mapping(self, node, deep=False):
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # an unhashable key: PyYAML's own error names it
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                self.duplicates.append(f"key '{key}' is set twice (line {first_line[key]} and line {line}); "
+                                       "YAML would keep only the last value: keep one")
+            else:
+                first_line[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(text: str, where: str) -> Any:
+    """The YAML document in `text`; ConfigError for invalid YAML or a key set twice in one mapping."""
+    loader = _StrictLoader(text)
+    try:
+        data = loader.get_single_data()
+    except yaml.YAMLError as e:
+        raise ConfigError([f"not valid YAML: {e}"], where=where) from e
+    finally:
+        loader.dispose()
+    ConfigError.raise_if(loader.duplicates, where=where)
+    return data
+
+
 def load_run_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> RunConfig:
     """Read a run YAML, apply `overrides` (dotted keys or FLAG_KEYS names; None values skipped) and
     validate. Raises one ConfigError (where = the file path) listing every problem."""
@@ -279,10 +314,7 @@ def load_run_config(path: str | Path, overrides: Mapping[str, Any] | None = None
     if not file.is_file():
         raise ConfigError([f"run config file not found: {where} (resolved to {file.resolve()}); check the path, "
                            "e.g. configs/gpt2/run_gpt2_tiny.yaml"], where=where)
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ConfigError([f"not valid YAML: {e}"], where=where) from e
+    data = read_yaml(file.read_text(encoding="utf-8"), where)
     if data is None:
         data = {}
     if not isinstance(data, dict):

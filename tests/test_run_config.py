@@ -117,6 +117,17 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_run_config(write(tmp_path, "- a\n- b\n"))
 
 
+def test_a_key_set_twice_is_an_error_naming_both_lines(tmp_path):
+    path = write(tmp_path, "training:\n  learning_rate: 1.0e-4\n  batch_size: 2\n  learning_rate: 5.0e-5\n"
+                           "seed: 1\nseed: 2\n")
+    with pytest.raises(ConfigError) as err:
+        load_run_config(path)
+    msg = str(err.value)
+    assert str(path) in msg and "2 problems" in msg
+    assert "key 'learning_rate' is set twice (line 2 and line 4); YAML would keep only the last value" in msg
+    assert "key 'seed' is set twice (line 5 and line 6)" in msg
+
+
 def test_section_of_wrong_shape(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_run_config(write(tmp_path, "training: 3\nmodel: [gpt2]\n"))
