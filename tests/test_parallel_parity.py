@@ -113,6 +113,14 @@ def test_mp2_pp2_matches_one_process(four_ranks, reference):
     _check_parity(_ranks(four_ranks, MP2_PP2), MP2_PP2, reference)
 
 
+@pytest.mark.parametrize("spec", [MP2, DP2_MP2])
+def test_tensor_parallel_greedy_generation_matches_one_process(two_ranks, four_ranks, reference, spec):
+    runs = _ranks(two_ranks if spec == MP2 else four_ranks, spec)
+    for rank, run in runs.items():  # every rank of the mp group gets the 1-process tokens, cached or not
+        assert run["generated"] == reference["generated"], (spec, rank)
+    assert reference["generated"]["cached"] == reference["generated"]["recompute"]
+
+
 def test_scatter_and_gather_regions_forward_and_backward(two_ranks):
     for rank, run in _ranks(two_ranks, MP2).items():
         got = run["scatter_gather"]

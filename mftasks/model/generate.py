@@ -8,8 +8,10 @@ once per (batch, longest prompt) and the one-token decode step once per batch si
   slots <= input_pos[b].  Padding slots of a shorter row are overwritten before it can ever attend to
   them, so no pad mask is needed and a prompt batched with longer ones gives the same tokens as alone.
 
-The cache is preallocated as (n_layer, B, n_head, seq_length, head_dim).  Sampling (repetition penalty,
-temperature, top-k, top-p) runs in numpy on the host with `np.random.default_rng(seed)`.
+The cache is preallocated as (n_layer, B, n_head, seq_length, head_dim) (n_head / mp under tensor
+parallelism: every rank of the mp group calls `generate` with the same prompts and gets the same tokens;
+CPU-tested with mp2).  Sampling (repetition penalty, temperature, top-k, top-p) runs in numpy on the host
+with `np.random.default_rng(seed)`.
 """
 from __future__ import annotations
 
@@ -90,7 +92,8 @@ class KVCache:
     @classmethod
     def empty(cls, model: GPT2LMHeadModel, batch_size: int) -> KVCache:
         c = model.config
-        shape = (c.n_layer, batch_size, c.n_head, c.seq_length, c.head_dim)
+        mp = model.parallel.mp_size if getattr(model, "parallel", None) is not None else 1
+        shape = (c.n_layer, batch_size, c.n_head // mp, c.seq_length, c.head_dim)  # this rank's heads
         return cls(ms.Tensor(np.zeros(shape, np.float32)), ms.Tensor(np.zeros(shape, np.float32)))
 
 
@@ -222,10 +225,11 @@ def _validate(model, prompts, max_new_tokens, eos_id, pad_id, do_sample, top_k, 
     cfg = model.config
     problems = []
     split = getattr(model, "parallel", None)
-    if split is not None and split.layout.world_size > 1:
-        problems.append(f"the model is one rank's part of a {split.layout.data_parallel}x{split.layout.model_parallel}"
-                        f"x{split.layout.pipeline_stage} layout: generation over split models is not implemented yet; "
-                        "merge the ranks' parameters (mftasks.parallel.shards.merge_rank_states) and generate on one")
+    if split is not None and split.layout.pipeline_stage > 1:
+        problems.append(f"pipeline_stage={split.layout.pipeline_stage}: generation with a pipeline-parallel model is "
+                        "not implemented (each rank holds only its stage); predict with pipeline_stage: 1 (model "
+                        "parallel works: every rank of the mp group calls generate with the same prompts), or merge "
+                        "the ranks' parameters (mftasks.parallel.shards.merge_rank_states) and generate on one")
     if not isinstance(prompts, (list, tuple)) or not prompts:
         problems.append("prompts must be a non-empty list of token-id lists")
     else:

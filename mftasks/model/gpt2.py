@@ -240,11 +240,14 @@ class GPT2LMHeadModel(nn.Cell):
         self.vocab_ce = None
         if parallel is not None and parallel.vocab_parallel and parallel.place.is_last_stage:
             from mftasks.parallel.layers import VocabParallelCrossEntropy
-            from mftasks.parallel.mappings import copy_to_model_parallel_region
+            from mftasks.parallel.mappings import copy_to_model_parallel_region, gather_from_model_parallel_region
 
             self.head_copy = copy_to_model_parallel_region(parallel.tp_group)
             self.vocab_ce = VocabParallelCrossEntropy(self.transformer.wte.vocab_start, parallel.mp_size,
                                                       parallel.tp_group)
+            # construct / forward_with_cache return whole rows of logits (generation, logits-based eval)
+            self.gather_logits = gather_from_model_parallel_region(parallel.tp_group, parallel.mp_rank,
+                                                                   parallel.mp_size)
 
     def _logits(self, x):
         x = self.transformer.ln_f(x)  # (..., C)
@@ -270,12 +273,17 @@ class GPT2LMHeadModel(nn.Cell):
         x = self.transformer(input_ids)  # (B, T, C)
         if logits_idx is not None:
             x = _pick(x, logits_idx)  # (B, C)
-        return self._logits(x)
+        return self._full_logits(x)
 
     def forward_with_cache(self, input_ids, input_pos, logits_idx, k_cache, v_cache):
-        """Logits (B, V) at input_ids[b, logits_idx[b]], and the caches with the new keys/values written."""
+        """Logits (B, V) at input_ids[b, logits_idx[b]], and the caches with the new keys/values written.
+        Tensor parallel: the caches hold this rank's heads, (n_layer, B, n_head / mp, L, hs)."""
         x, k_cache, v_cache = self.transformer.forward_with_cache(input_ids, input_pos, k_cache, v_cache)
-        return self._logits(_pick(x, logits_idx)), k_cache, v_cache
+        return self._full_logits(_pick(x, logits_idx)), k_cache, v_cache
+
+    def _full_logits(self, x):
+        logits = self._logits(x)
+        return logits if self.vocab_ce is None else self.gather_logits(logits)  # (..., V) on every rank
 
 
 def _mask_bias(allowed):

@@ -58,6 +58,17 @@ def eval_batch() -> tuple[np.ndarray, np.ndarray]:
     return global_batches(1, SEED + 1000)[0]
 
 
+PROMPTS = [[4, 7, 10, 13], [50, 52, 54, 56, 58, 60], [90, 91, 92, 93, 94]]  # learnable sequences (stride 3, 2, 1)
+
+
+def greedy(model) -> dict[str, list[list[int]]]:
+    """Greedy continuations of PROMPTS, with and without the KV cache."""
+    from mftasks.model.generate import generate
+
+    return {name: generate(model, PROMPTS, max_new_tokens=8, eos_id=None, use_cache=cache)
+            for name, cache in (("cached", True), ("recompute", False))}
+
+
 def initial_state(config) -> dict[str, np.ndarray]:
     """The 1-process model's initial weights under SEED (what both sides start from)."""
     import mindspore as ms
@@ -87,7 +98,8 @@ def reference_run(n_layer: int = 2, steps: int = STEPS) -> dict:
     before = [float(v.asnumpy()) for v in evaluate(ids, mask)]
     losses = [float(step(ms.Tensor(i), ms.Tensor(m)).asnumpy()) for i, m in global_batches(steps)]
     after = [float(v.asnumpy()) for v in evaluate(ids, mask)]
-    return {"losses": losses, "eval": [before, after], "state": {p.name: p.asnumpy() for p in model.get_parameters()}}
+    return {"losses": losses, "eval": [before, after], "generated": greedy(model),
+            "state": {p.name: p.asnumpy() for p in model.get_parameters()}}
 
 
 def check_scatter_gather(state) -> dict:
@@ -176,7 +188,8 @@ def run_layout(spec: str, rank: int, out: Path, n_layer: int, steps: int = STEPS
         "losses": [r.loss for r in results], "grad_norms": [r.grad_norm for r in results], "eval": [before, after],
         "shapes": {k: list(v.shape) for k, v in params.items()}, "seconds": time.time() - t0,
         "moment_elements": int(sum(np.prod(m.shape) for m in adam.moments1)),
-        "scatter_gather": check_scatter_gather(state) if mp > 1 and pp == 1 else None}))
+        "scatter_gather": check_scatter_gather(state) if mp > 1 and pp == 1 else None,
+        "generated": greedy(model) if mp > 1 and pp == 1 else None}))
     print(f"rank {rank} {tag}: losses {[round(r.loss, 5) for r in results]} ({time.time() - t0:.1f} s)", flush=True)
 
 
