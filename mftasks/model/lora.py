@@ -106,6 +106,16 @@ class LoRADense(nn.Cell):
     """nn.Dense (no activation) plus low-rank updates on slices of its output.
 
     y = x W^T + b + concat over slices of (alpha / rank) * dropout(x) A_t^T B_t^T   (until merged)
+
+    Wrapping a tensor-parallel layer (mftasks.parallel.layers), the adapters are split like their base:
+    - ColumnParallelLinear (this rank's output rows): A (r, in) whole on every rank, B (out_t / mp, r) this
+      rank's rows.  x A^T is computed whole and its gradient summed over the mp group (copy region after A),
+      so A's gradient is the full one on every rank.
+    - RowParallelLinear (this rank's input columns): A (r, in / mp) this rank's columns, B (out, r) whole;
+      x A^T is summed over the mp group (reduce region) before B.
+    Merging stays local: B_local @ A (column) or B @ A_local (row) is exactly this rank's part of B @ A.
+    CPU-tested (mp2, mp2 x pp2 LoRA training against one process); lora dropout under mp is untested (the
+    masks of the whole-x path would have to agree across the mp group).
     """
 
     def __init__(self, base: nn.Dense, targets: tuple[str, ...], rank: int, alpha: float, dropout: float):
@@ -113,6 +123,17 @@ class LoRADense(nn.Cell):
         if getattr(base, "activation_flag", False):
             raise ConfigError("LoRA wraps only Dense layers without activation", where="LoRADense")
         self.in_features, self.out_features = base.in_channels, base.out_channels
+        self.split = _split_kind(base)  # "", "column" or "row"
+        if self.split == "column":
+            from mftasks.parallel.mappings import copy_to_model_parallel_region
+
+            self.base_in = copy_to_model_parallel_region(base.group)  # the base layer's own input region
+            self.lora_region = copy_to_model_parallel_region(base.group)
+        elif self.split == "row":
+            from mftasks.parallel.mappings import reduce_from_model_parallel_region
+
+            self.base_out = reduce_from_model_parallel_region(base.group)
+            self.lora_region = reduce_from_model_parallel_region(base.group)
         self.weight = base.weight  # (out, in), same Parameter object: the name stays the base one
         self.has_bias = base.has_bias
         self.bias = base.bias if base.has_bias else None
@@ -138,8 +159,21 @@ class LoRADense(nn.Cell):
             segments.append((at, self.out_features, ""))
         self.segments = tuple(segments)
 
+    def _base(self, x):
+        if self.split == "column":
+            return ops.dense(self.base_in(x), self.weight, self.bias)
+        if self.split == "row":
+            y = self.base_out(ops.dense(x, self.weight, None))
+            return y + self.bias if self.has_bias else y
+        return ops.dense(x, self.weight, self.bias)  # (..., out)
+
+    def _down(self, xd, a):
+        """x A^T (..., r), whole on every rank (summed over the mp group when A is split by input)."""
+        h = ops.matmul(xd, a.T)
+        return self.lora_region(h) if self.split else h
+
     def construct(self, x):
-        y = ops.dense(x, self.weight, self.bias)  # (..., out)
+        y = self._base(x)
         if self.merged:
             return y
         xd = self.lora_dropout(x)
@@ -149,7 +183,7 @@ class LoRADense(nn.Cell):
             if t:
                 a = getattr(self, "lora_a_" + t)  # (r, in)
                 b = getattr(self, "lora_b_" + t)  # (out_t, r)
-                part = part + ops.matmul(ops.matmul(xd, a.T), b.T) * self.scale
+                part = part + ops.matmul(self._down(xd, a), b.T) * self.scale
             parts.append(part)
         if len(parts) == 1:
             return parts[0]
@@ -173,15 +207,19 @@ class LoRADense(nn.Cell):
         self.merged = True
 
 
+def _split_kind(base: nn.Dense) -> str:
+    """"column" / "row" for mftasks.parallel's tensor-parallel layers over a real group, else ""."""
+    from mftasks.parallel.layers import ColumnParallelLinear, RowParallelLinear
+
+    if getattr(base, "group", None) is None:
+        return ""
+    return "column" if isinstance(base, ColumnParallelLinear) else "row" if isinstance(base, RowParallelLinear) else ""
+
+
 def apply_lora(model: nn.Cell, lora_config: LoraConfig) -> nn.Cell:
     """Wrap the targeted Dense layers of every block of a GPT2LMHeadModel in LoRADense (in place)."""
     if any(isinstance(c, LoRADense) for _, c in model.cells_and_names()):
         raise ConfigError("the model already has LoRA layers; apply_lora once per model", where="apply_lora")
-    split = getattr(model, "parallel", None)
-    if split is not None and split.mp_size > 1:
-        raise ConfigError(f"model_parallel={split.mp_size}: LoRA on tensor-parallel layers is not implemented yet "
-                          "(the adapters would not be split like their base layers); use model_parallel: 1",
-                          where="apply_lora")
     layers: dict[str, list[str]] = {}
     for t in lora_config.targets:
         layers.setdefault(TARGET_LAYERS[t], []).append(t)

@@ -41,7 +41,7 @@ class ColumnParallelLinear(nn.Dense):
                  weight_init=None, bias_init="zeros"):
         super().__init__(in_channels, out_channels // mp_size, weight_init=weight_init or Normal(0.02),
                          bias_init=bias_init)
-        self.full_out_channels = out_channels
+        self.full_out_channels, self.group = out_channels, group
         self.copy_in = copy_to_model_parallel_region(group)
 
     def construct(self, x):
@@ -56,7 +56,7 @@ class RowParallelLinear(nn.Dense):
                  weight_init=None, bias_init="zeros"):
         super().__init__(in_channels // mp_size, out_channels, weight_init=weight_init or Normal(0.02),
                          bias_init=bias_init)
-        self.full_in_channels = in_channels
+        self.full_in_channels, self.group = in_channels, group
         self.reduce_out = reduce_from_model_parallel_region(group)
 
     def construct(self, x):

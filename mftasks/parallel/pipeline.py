@@ -291,7 +291,8 @@ class ParallelTrainStep:
         # last stage's copy of the tied embedding never.
         self.norm_mask = [not tied_copy(n, place) and (split_axis(n, pc) is not None or place.mp_rank == 0)
                           for n in self.names]
-        self.wte = self.names.index("transformer.wte.embedding_table") if state.embedding_group else None
+        wte = "transformer.wte.embedding_table"  # trained unless frozen (LoRA)
+        self.wte = self.names.index(wte) if state.embedding_group and wte in self.names else None
         self.schedule = (forward_backward_pipelining_without_interleaving if pc.pipeline_stage > 1
                          else forward_backward_no_pipelining)
 

@@ -12,6 +12,9 @@ only blocks 2-3.  Splits under model_parallel = mp (full shapes as in the 1-proc
     mlp.c_proj.weight (C, 4C)                columns m*4C/mp .. (m+1)*4C/mp (bias replicated)
     wte.embedding_table (V, C)               rows m*V/mp .. (m+1)*V/mp when vocab_emb_dp=False, else replicated
     everything else (wpe, LayerNorms, row-parallel biases)   replicated
+    LoRA adapters (`<layer>.lora_a_<t>` (r, in), `<layer>.lora_b_<t>` (out_t, r)) are split like their layer:
+    lora_b of c_attn / c_fc by rows (lora_b_q: this rank's rows of q), lora_a of the c_proj layers by
+    columns; the other adapter matrix of each pair is replicated
 
 Stages: `transformer.h.i` lives on stage i // (n_layer / pp); wpe on the first stage; ln_f on the last;
 the tied wte on the first and the last (the same values on both: their gradients are summed over the
@@ -35,6 +38,7 @@ _FUSED_QKV = ("attn.c_attn.weight", "attn.c_attn.bias")
 _ROW_SPLIT = ("mlp.c_fc.weight", "mlp.c_fc.bias")  # split along axis 0 (output rows)
 _COL_SPLIT = ("attn.c_proj.weight", "mlp.c_proj.weight")  # split along axis 1 (input columns)
 _WTE = "transformer.wte.embedding_table"
+_COLUMN_LAYERS, _ROW_LAYERS = ("attn.c_attn", "mlp.c_fc"), ("attn.c_proj", "mlp.c_proj")
 
 
 def split_axis(name: str, pc: ParallelConfig) -> int | None:
@@ -47,6 +51,11 @@ def split_axis(name: str, pc: ParallelConfig) -> int | None:
         return 1
     if name == _WTE and not pc.vocab_emb_dp:
         return 0
+    layer, _, leaf = name.rpartition(".")  # LoRA adapters are split like their base layer
+    if leaf.startswith("lora_b_") and layer.endswith(_COLUMN_LAYERS):
+        return 0
+    if leaf.startswith("lora_a_") and layer.endswith(_ROW_LAYERS):
+        return 1
     return None
 
 

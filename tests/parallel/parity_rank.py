@@ -4,7 +4,8 @@ OUT/<tag>/rank_<r>.npz (its final parameters, full-model names).
 
     mftasks launch --nproc-per-node 2 -- python tests/parallel/parity_rank.py OUT 1,2,1,1,0 1,1,2,2,1
 
-A layout is dp,mp,pp,micro_batch_num,vocab_emb_dp[,optimizer_shard].  The 1-process reference
+A layout is dp,mp,pp,micro_batch_num,vocab_emb_dp[,optimizer_shard][+lora] (+lora: only LoRA adapters on
+every projection train, from a full state whose adapters are non-zero).  The 1-process reference
 (`reference_run`) is imported by the test and run in its own process: same seed, same initial weights, same
 global batches.
 """
@@ -69,17 +70,46 @@ def greedy(model) -> dict[str, list[list[int]]]:
             for name, cache in (("cached", True), ("recompute", False))}
 
 
-def initial_state(config) -> dict[str, np.ndarray]:
-    """The 1-process model's initial weights under SEED (what both sides start from)."""
+def lora_config():
+    from mftasks.model.lora import LoraConfig
+
+    return LoraConfig(rank=4, alpha=8.0, dropout=0.0, targets=("q", "v", "attn_proj", "mlp_fc", "mlp_proj"))
+
+
+def initial_state(config, lora: bool = False) -> dict[str, np.ndarray]:
+    """The 1-process model's initial weights under SEED (what both sides start from); with lora, plus adapters
+    whose B matrices are random too (so both A and B get gradients from the first step)."""
     import mindspore as ms
 
     from mftasks.model.gpt2 import GPT2LMHeadModel
+    from mftasks.model.lora import apply_lora
 
     ms.set_seed(SEED)
-    return {p.name: p.asnumpy() for p in GPT2LMHeadModel(config).get_parameters()}
+    model = GPT2LMHeadModel(config)
+    if lora:
+        apply_lora(model, lora_config())
+    rng = np.random.default_rng(SEED)
+    return {p.name: (rng.normal(0, 0.05, p.shape).astype(np.float32) if ".lora_b_" in p.name else p.asnumpy())
+            for p in model.get_parameters()}
 
 
-def reference_run(n_layer: int = 2, steps: int = STEPS) -> dict:
+def lora_model(model, full: dict[str, np.ndarray], state=None):
+    """apply_lora, load `full` (sliced for `state`'s rank when given) and train only the adapters."""
+    import mindspore as ms
+
+    from mftasks.model.lora import apply_lora, mark_only_lora_as_trainable
+    from mftasks.parallel.model import load_full_state
+
+    apply_lora(model, lora_config())
+    if state is None:
+        for p in model.get_parameters():
+            p.set_data(ms.Tensor(full[p.name]))
+    else:
+        load_full_state(model, full, state)
+    return mark_only_lora_as_trainable(model)
+
+
+def reference_run(n_layer: int = 2, steps: int = STEPS, lora: bool = False) -> dict:
     """One process, the Trainer's model, loss, optimizer and train step on the whole global batch."""
     import mindspore as ms
 
@@ -87,10 +117,13 @@ def reference_run(n_layer: int = 2, steps: int = STEPS) -> dict:
     from mftasks.optim import build_optimizer, lr_schedule, train_step_cells
 
     config, args = tiny_config(n_layer), training_args()
-    init = initial_state(config)
+    init = initial_state(config, lora)
     model = GPT2LMHeadModel(config)
-    for p in model.get_parameters():
-        p.set_data(ms.Tensor(init[p.name]))
+    if lora:
+        lora_model(model, init)
+    else:
+        for p in model.get_parameters():
+            p.set_data(ms.Tensor(init[p.name]))
     opt = build_optimizer(model.trainable_params(), args, lr_schedule(args, steps))
     step, _ = train_step_cells(GPT2WithLoss(model), opt, args.max_grad_norm, 1)
     evaluate = GPT2EvalLoss(model)
@@ -140,7 +173,7 @@ def layout_of(spec: str):
     """dp,mp,pp,micro,vocab_emb_dp[,optimizer_shard] -> ParallelConfig."""
     from mftasks.context import ParallelConfig
 
-    dp, mp, pp, micro, vemb, *shard = (int(v) for v in spec.split(","))
+    dp, mp, pp, micro, vemb, *shard = (int(v) for v in spec.removesuffix("+lora").split(","))
     return ParallelConfig(data_parallel=dp, model_parallel=mp, pipeline_stage=pp, micro_batch_num=micro,
                           vocab_emb_dp=bool(vemb), optimizer_shard=bool(shard and shard[0]))
 
@@ -149,7 +182,8 @@ def layout_tag(spec: str) -> str:
     """The folder of a layout's outputs."""
     pc = layout_of(spec)
     return (f"dp{pc.data_parallel}_mp{pc.model_parallel}_pp{pc.pipeline_stage}_micro{pc.micro_batch_num}"
-            f"_vemb{int(pc.vocab_emb_dp)}" + ("_zero1" if pc.optimizer_shard else ""))
+            f"_vemb{int(pc.vocab_emb_dp)}" + ("_zero1" if pc.optimizer_shard else "")
+            + ("_lora" if spec.endswith("+lora") else ""))
 
 
 def run_layout(spec: str, rank: int, out: Path, n_layer: int, steps: int = STEPS) -> None:
@@ -164,7 +198,10 @@ def run_layout(spec: str, rank: int, out: Path, n_layer: int, steps: int = STEPS
     config, args = tiny_config(n_layer), training_args()
     t0 = time.time()
     state = initialize_model_parallel(pc, rank)
-    model = build_rank_model(config, state, initial_state(config))
+    if spec.endswith("+lora"):
+        model = lora_model(build_rank_model(config, state), initial_state(config, lora=True), state)
+    else:
+        model = build_rank_model(config, state, initial_state(config))
     step = ParallelTrainStep(model, state, build_parallel_optimizer(model, state, args, lr_schedule(args, steps)),
                              args.max_grad_norm)
     rows = GLOBAL_BATCH // dp
