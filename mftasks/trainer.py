@@ -199,7 +199,7 @@ class Trainer:
         tokens_per_step = args.batch_size * k * world * run.config.seq_length
         logs = log_dir(args.output_dir, rank)
         with disk_full_as_error(logs, "the step log (metrics.jsonl, heartbeat.json)"):
-            reporter = StepReporter(args.output_dir, rank, total, tokens_per_step, args.logging_steps, stage, log)
+            reporter = StepReporter(args.output_dir, rank, total, tokens_per_step, args.logging_interval, stage, log)
         # A run resumed at its last step trains nothing: it reports the checkpoint it resumed from.
         started, loss_value, last = time.perf_counter(), float("nan"), resume_from
         data_seed = args.data_seed if args.data_seed is not None else args.seed
@@ -224,7 +224,7 @@ class Trainer:
                     with disk_full_as_error(logs, "the step log (metrics.jsonl, heartbeat.json)"):
                         reporter.step(step, loss_value if logged else None,
                                       float(lrs[min(step - 1, len(lrs) - 1)]))
-                    if step % args.save_steps == 0 or step == total:
+                    if args.saves_at(step, total, per_epoch):
                         with disk_full_as_error(ckpt.rank_dir(args.output_dir, rank), f"the step {step} checkpoint"):
                             last = self._save(run, step_cell, net, step, loss_value)
                     if do_eval and self._eval_due(step, in_epoch == per_epoch, per_epoch):

@@ -68,11 +68,14 @@ class TrainingArguments(TypedConfig):
     save_steps: int = 500
     """Steps between checkpoints when `save_strategy` is "steps"."""
     save_strategy: str = "steps"
-    """When to save: "steps", "epoch" or "no"."""
+    """When to save: "steps" (every save_steps and at the end), "epoch" (at each epoch's end and at the end)
+    or "no" (nothing; the run warns that evaluate, predict, finetune and resume then have no checkpoint)."""
     save_total_limit: int | None = 5
     """Checkpoints kept per rank (oldest deleted first); None = keep all."""
     sink_mode: bool = True
-    """MindSpore data sinking."""
+    """MindSpore data sinking: sink_size steps per host call.  As in MindFormers, the loss is then reported
+    once per sink (a log line every logging_steps x sink_size steps: `logging_interval`).  MindSpore sinks
+    data to the device only on Ascend/GPU; on CPU every step is its own host call, with the same result."""
     sink_size: int = 2
     """Steps per sink (MindFormers default 2)."""
     resume_from_checkpoint: str | None = None
@@ -88,7 +91,8 @@ class TrainingArguments(TypedConfig):
     logging_steps: int = 1
     """Steps between loss log lines."""
     dataloader_drop_last: bool = True
-    """Drop the last incomplete batch."""
+    """Drop the last incomplete batch (MindFormers' default).  False is refused: a short last batch would
+    recompile the step and weigh its samples differently across data-parallel ranks."""
     shuffle: bool = True
     """Shuffle the training set each epoch."""
 
@@ -140,11 +144,26 @@ class TrainingArguments(TypedConfig):
             c.problem("do_eval=True: eval_step_interval and eval_epoch_interval are both -1, so evaluation "
                       "would never run; set one of them >= 1 or do_eval=False")
         c.require("logging_steps", lambda v: v >= 1, "must be >= 1")
+        c.require("dataloader_drop_last", bool, "False is not supported: the last incomplete batch is always "
+                  "dropped (a short batch would recompile the step and weigh its samples differently across "
+                  "data-parallel ranks); set it True")
 
     @property
     def clip_grad(self) -> bool:
         """Whether gradients are clipped (max_grad_norm set and > 0)."""
         return bool(self.max_grad_norm)
+
+    def saves_at(self, step: int, total_steps: int, steps_per_epoch: int) -> bool:
+        """Whether the run saves a checkpoint after `step` (1-based) under save_strategy."""
+        if self.save_strategy == "no":
+            return False
+        every = steps_per_epoch if self.save_strategy == "epoch" else self.save_steps
+        return step % every == 0 or step == total_steps
+
+    @property
+    def logging_interval(self) -> int:
+        """Steps between loss lines: logging_steps, times sink_size when sink_mode (one report per sink)."""
+        return self.logging_steps * (self.sink_size if self.sink_mode else 1)
 
     def get_warmup_steps(self, total_steps: int) -> int:
         """Warmup steps for a run of `total_steps` (from warmup_steps, else warmup_ratio)."""

@@ -90,9 +90,12 @@ def plan(args, choice: weights.ModelChoice, stage: str, dataset: str, start: ckp
                           f"{k} accumulation step(s); lower batch_size or add data", where="Trainer")
     total = args.max_steps if args.max_steps > 0 else per_epoch * args.num_train_epochs
     warnings = [w for w in [args.warmup_warning(total)] if w]
+    if args.save_strategy == "no":
+        warnings.append("save_strategy='no': this run saves no checkpoint, so evaluate, predict, finetune and "
+                        "resume have none to start from; use 'steps' or 'epoch' to keep its weights")
     first = resume_from.global_step if resume_from is not None else 0
     planned = [ckpt.file_name(ckpt.PREFIX[stage], rank, *(x + 1 for x in divmod(step - 1, per_epoch)))
-               for step in range(first + 1, total + 1) if step % args.save_steps == 0 or step == total]
+               for step in range(first + 1, total + 1) if args.saves_at(step, total, per_epoch)]
     foreign = out_dir.foreign_files(ckpt.rank_dir(args.output_dir, rank), planned)
     if resume_from is None:
         ConfigError.raise_if(foreign, where="Trainer")

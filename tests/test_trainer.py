@@ -19,7 +19,7 @@ TINY = {"model_type": "gpt2_tiny", "dropout": 0.0, "attention_dropout": 0.0}
 
 def _args(out, **kw):
     base = dict(output_dir=str(out), batch_size=4, learning_rate=1e-3, warmup_steps=1, max_steps=6, save_steps=3,
-                logging_steps=1, seed=7)
+                logging_steps=1, sink_mode=False, seed=7)  # a loss line every step
     base.update(kw)
     return TrainingArguments(**base)
 
@@ -190,6 +190,28 @@ def test_save_total_limit_keeps_the_newest(tmp_path, tiny_dataset):
             train_dataset=tiny_dataset).train()
     names = sorted(p.name for p in (tmp_path / "checkpoint" / "rank_0").glob("*.ckpt"))
     assert names == ["mindformers_rank_0-1_6.ckpt", "mindformers_rank_0-1_8.ckpt"]
+
+
+def test_save_strategy_no_saves_nothing_and_sink_mode_reports_once_a_sink(tmp_path, tiny_dataset):
+    result = Trainer(model=TINY, args=_args(tmp_path, max_steps=5, save_strategy="no", sink_mode=True, sink_size=2),
+                     train_dataset=tiny_dataset).train()
+    assert result.steps == 5 and result.checkpoint is None
+    rank_dir = tmp_path / "checkpoint" / "rank_0"
+    assert not rank_dir.exists() or not list(rank_dir.glob("*.ckpt"))
+    log = (tmp_path / "log" / "rank_0" / "mindformer.log").read_text()
+    assert "save_strategy='no': this run saves no checkpoint" in log
+    rows = [json.loads(line) for line in (tmp_path / "log" / "rank_0" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4, 5]  # a loss line a sink of 2 steps, and the last step
+
+
+def test_save_strategy_epoch_saves_at_each_epochs_end(tmp_path, tiny_dataset):
+    from mftasks.data.loader import batches_per_epoch
+
+    per_epoch = batches_per_epoch(json.loads((tiny_dataset / "manifest.json").read_text())["splits"]["train"]["samples"], 4)
+    Trainer(model=TINY, args=_args(tmp_path, max_steps=per_epoch + 1, save_strategy="epoch", save_total_limit=None),
+            train_dataset=tiny_dataset).train()
+    names = sorted(p.name for p in (tmp_path / "checkpoint" / "rank_0").glob("*.ckpt"))
+    assert names == [f"mindformers_rank_0-1_{per_epoch}.ckpt", "mindformers_rank_0-2_1.ckpt"]
 
 
 def test_gradient_accumulation_matches_a_bigger_batch(tmp_path, tiny_dataset):

@@ -27,6 +27,7 @@ def test_mindformers_example_and_defaults():
     ("lr_scheduler_type", "cosin", ", ".join(LR_SCHEDULERS)),
     ("save_total_limit", 0, ">= 1 or None"),
     ("sink_size", 0, ">= 1"),
+    ("dataloader_drop_last", False, "False is not supported: the last incomplete batch is always dropped"),
     ("gradient_accumulation_steps", 0, ">= 1"),
     ("max_steps", 0, "-1"),
     ("max_grad_norm", -1.0, ">= 0"),
@@ -120,3 +121,13 @@ def test_warmup_warning():
     assert ratio.get_warmup_steps(10) == 5 and ratio.warmup_warning(10) is None
     with pytest.raises(ConfigError, match="total_steps=0"):
         ratio.warmup_warning(0)
+
+
+def test_save_strategy_and_logging_interval():
+    steps = TrainingArguments(save_strategy="steps", save_steps=3)
+    assert [s for s in range(1, 11) if steps.saves_at(s, 10, 4)] == [3, 6, 9, 10]
+    epoch = TrainingArguments(save_strategy="epoch", save_steps=3)
+    assert [s for s in range(1, 11) if epoch.saves_at(s, 10, 4)] == [4, 8, 10]
+    assert not any(TrainingArguments(save_strategy="no").saves_at(s, 10, 4) for s in range(1, 11))
+    assert TrainingArguments(sink_mode=True, sink_size=2, logging_steps=3).logging_interval == 6  # one report a sink
+    assert TrainingArguments(sink_mode=False, sink_size=2, logging_steps=3).logging_interval == 3
