@@ -23,7 +23,7 @@ def _step(pc: ParallelConfig, config=None):
     from mftasks.parallel.groups import initialize_model_parallel
     from mftasks.parallel.model import build_rank_model
     from mftasks.parallel.optimizer import build_parallel_optimizer
-    from mftasks.parallel.pipeline import ParallelEvalStep, ParallelTrainStep
+    from mftasks.parallel.step import ParallelEvalStep, ParallelTrainStep
 
     config, args = config or parity_rank.tiny_config(), parity_rank.training_args()
     state = initialize_model_parallel(pc, 0)
@@ -53,7 +53,7 @@ def test_unimplemented_or_mismatched_settings_are_refused_naming_them():
     from mftasks.parallel.groups import ParallelState
     from mftasks.parallel.layout import place_of
     from mftasks.parallel.model import build_rank_model
-    from mftasks.parallel.pipeline import ParallelTrainStep, step_problems
+    from mftasks.parallel.step import ParallelTrainStep, step_problems
 
     cfg, args = parity_rank.tiny_config(), parity_rank.training_args()
     with pytest.raises(ConfigError, match="micro_batch_interleave_num=2"):

@@ -149,7 +149,6 @@ class GPT2Model(nn.Cell):
 
             layers = stage_layers(parallel.layout, config.n_layer, parallel.place.stage)
             first, last = parallel.place.is_first_stage, parallel.place.is_last_stage
-        self.first_layer = layers.start
         if first or last:
             self.wte = _word_embedding(config, parallel)
         if first:

@@ -4,7 +4,7 @@
 Modules: layout (rank numbering, layout checks), groups (parallel_state: this rank's groups), mappings
 (the communication operators), layers (column/row/vocabulary-parallel layers), shards (how a rank's slices
 map to the full parameters, both ways), model (build one rank's model), optimizer (optimizer_shard:
-ZeRO-1 over the dp group), pipeline (the schedule, the training and evaluation steps).
+ZeRO-1 over the dp group), pipeline (the stage and its schedules), step (one training step, one evaluation).
 
     state = initialize_model_parallel(layout)                       # after MindSpore's init()
     model = build_rank_model(config, state, full_state)             # only this rank's stage and slices
@@ -12,5 +12,5 @@ ZeRO-1 over the dp group), pipeline (the schedule, the training and evaluation s
                              args.max_grad_norm)
     result = step(input_ids, attention_mask)                        # this replica's rows of the global batch
 
-MindSpore is imported by groups/mappings/layers/model/pipeline; layout and shards are pure Python/numpy.
+Layout and shards are pure Python/numpy; the other modules import MindSpore.
 """

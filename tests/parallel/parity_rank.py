@@ -191,7 +191,7 @@ def run_layout(spec: str, rank: int, out: Path, n_layer: int, steps: int = STEPS
     from mftasks.parallel.groups import initialize_model_parallel
     from mftasks.parallel.optimizer import build_parallel_optimizer
     from mftasks.parallel.model import build_rank_model, rank_state
-    from mftasks.parallel.pipeline import ParallelEvalStep, ParallelTrainStep
+    from mftasks.parallel.step import ParallelEvalStep, ParallelTrainStep
 
     pc = layout_of(spec)
     dp, mp, pp = pc.data_parallel, pc.model_parallel, pc.pipeline_stage
