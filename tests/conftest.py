@@ -4,7 +4,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
 import pytest
 
@@ -121,6 +124,70 @@ def environ(**values: str | None):
                 os.environ[k] = v
 
 
+@dataclass
+class FlowRun:
+    """One flow run, read as an operator would, through Prefect's client (as JSON, as the API sends it)."""
+
+    stack: Any
+    """The flows.stack.Stack it runs on."""
+    id: str
+
+    def read(self) -> dict:
+        with self.stack.client() as c:
+            return c.read_flow_run(UUID(self.id)).model_dump(mode="json")
+
+    def state(self) -> str:
+        return (self.read().get("state") or {}).get("type", "")
+
+    def wait(self, timeout: float = 600.0) -> dict:
+        from flows import stack as st
+
+        return st.watch(self.stack, self.id, timeout=timeout)
+
+    def states(self) -> list[dict]:
+        """Every state the run went through, oldest first."""
+        with self.stack.client() as c:
+            rows = [s.model_dump(mode="json") for s in c.read_flow_run_states(UUID(self.id))]
+        return sorted(rows, key=lambda s: s["timestamp"])
+
+    def task_runs(self) -> list[dict]:
+        from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
+        from prefect.client.schemas.sorting import TaskRunSort
+
+        with self.stack.client() as c:
+            runs = c.read_task_runs(task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[self.id])),
+                                    sort=TaskRunSort.EXPECTED_START_TIME_ASC)
+        return [t.model_dump(mode="json") for t in runs]
+
+    def logs(self) -> list[dict]:
+        """Every log record of the run, oldest first."""
+        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+        from prefect.client.schemas.sorting import LogSort
+
+        rows: list[dict] = []
+        with self.stack.client() as c:
+            while True:
+                page = c.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[self.id])),
+                                   sort=LogSort.TIMESTAMP_ASC, limit=200, offset=len(rows))
+                rows += [r.model_dump(mode="json") for r in page]
+                if len(page) < 200:
+                    return rows
+
+    def artifacts(self, key: str) -> list[dict]:
+        """The run's artifacts under `key` (every version), oldest first, their data parsed (a table: its rows)."""
+        from prefect.client.schemas.filters import ArtifactFilterKey
+
+        return self._artifacts(ArtifactFilterKey(any_=[key]))
+
+    def _artifacts(self, key) -> list[dict]:
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+        with self.stack.client() as c:
+            found = c.read_artifacts(artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[self.id]), key=key))
+        rows = sorted((a.model_dump(mode="json") for a in found), key=lambda a: a["created"])
+        return [{**a, "data": json.loads(a["data"]) if isinstance(a["data"], str) else a["data"]} for a in rows]
+
 def free_port() -> int:
     import socket
 
@@ -182,17 +249,25 @@ def work_dir():
         yield rel
 
 
+def finetune_gpt2_completes(stack, work: Path, timeout: float = 900, **params) -> dict:
+    """Run the finetune-gpt2 deployment (gpt2_tiny; corpus in WORK/corpus, pipeline in WORK/pipeline, 4 steps
+    a stage unless `params` say otherwise), assert it COMPLETED, and return the flow run."""
+    from flows import stack as st
+
+    params = {"corpus_dir": str(work / "corpus"), "work_dir": str(work / "pipeline"), "model_type": "gpt2_tiny",
+              "vocab_size": 300, "train_steps": 4, "finetune_steps": 4, "batch_size": 4, "predict_count": 0,
+              "master_port": free_port(), **params}
+    run = st.run_deployment(stack, "finetune-gpt2", params)
+    final = st.watch(stack, run["id"], timeout=timeout)
+    assert final["state"]["type"] == "COMPLETED", final["state"]
+    return run
+
+
 @pytest.fixture(scope="session")
 def finished_pipeline(local_stack, work_dir):
     """One completed finetune-gpt2 deployment run (gpt2_tiny): (flow run, summary)."""
-    from flows import stack as st
-
-    params = {"corpus_dir": str(work_dir / "corpus"), "work_dir": str(work_dir / "pipeline"),
-              "model_type": "gpt2_tiny", "vocab_size": 300, "train_steps": 30, "finetune_steps": 30,
-              "batch_size": 8, "predict_count": 2, "master_port": free_port()}
-    run = st.run_deployment(local_stack, "finetune-gpt2", params)
-    final = st.watch(local_stack, run["id"], timeout=900)
-    assert final["state"]["type"] == "COMPLETED", final["state"]
+    run = finetune_gpt2_completes(local_stack, work_dir, train_steps=30, finetune_steps=30, batch_size=8,
+                                  predict_count=2)
     summary = json.loads((REPO / work_dir / "pipeline" / "runs" / run["id"] / "summary.json").read_text())
     return run, summary
 

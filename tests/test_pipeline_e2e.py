@@ -13,7 +13,7 @@ import pytest
 from flows import stack as st
 from mftasks.errors import ConfigError
 
-from conftest import REPO, free_port
+from conftest import REPO, finetune_gpt2_completes
 
 pytestmark = pytest.mark.slow
 
@@ -34,12 +34,7 @@ def test_finetune_gpt2_deployment_runs_to_completion(local_stack, finished_pipel
 
 
 def test_second_run_reuses_cached_data_preparation(local_stack, work_dir):
-    params = {"corpus_dir": str(work_dir / "corpus"), "work_dir": str(work_dir / "pipeline"),
-              "model_type": "gpt2_tiny", "vocab_size": 300, "train_steps": 4, "finetune_steps": 4,
-              "batch_size": 4, "predict_count": 0, "master_port": free_port()}
-    run = st.run_deployment(local_stack, "finetune-gpt2", params)
-    final = st.watch(local_stack, run["id"], timeout=900)
-    assert final["state"]["type"] == "COMPLETED", final["state"]
+    run = finetune_gpt2_completes(local_stack, work_dir)
     task_runs = httpx.post(f"{local_stack.api_url}/task_runs/filter",
                            json={"task_runs": {"flow_run_id": {"any_": [run["id"]]}}}, timeout=10).json()
     prepare = [t for t in task_runs if t["name"].startswith("prepare-dataset")]

@@ -20,10 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from flows import stack as st
 from mftasks.data import demo_corpus
 
-from conftest import free_port, running_stack
+from conftest import finetune_gpt2_completes, free_port, running_stack
 
 REPO = Path(__file__).resolve().parents[1]
 DB = "prefect"
@@ -124,12 +123,7 @@ def test_finetune_run_is_stored_in_postgres(tmp_path):
         try:  # Stack.env() passes PREFECT_API_DATABASE_CONNECTION_URL on to the server
             with running_stack(home, PREFECT_API_DATABASE_CONNECTION_URL=pg.url) as stack:
                 demo_corpus.build(REPO / rel / "corpus", max_bytes=150_000, qa_pairs=2500, checks=8)
-                params = {"corpus_dir": str(rel / "corpus"), "work_dir": str(rel / "pipeline"),
-                          "model_type": "gpt2_tiny", "vocab_size": 300, "train_steps": 4, "finetune_steps": 4,
-                          "batch_size": 4, "predict_count": 1, "master_port": free_port()}
-                run = st.run_deployment(stack, "finetune-gpt2", params)
-                final = st.watch(stack, run["id"], timeout=600)
-                assert final["state"]["type"] == "COMPLETED", final["state"]
+                run = finetune_gpt2_completes(stack, rel, timeout=600, predict_count=1)
         finally:
             shutil.rmtree(REPO / rel, ignore_errors=True)
 

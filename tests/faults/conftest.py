@@ -28,9 +28,7 @@ from uuid import UUID
 
 import pytest
 from prefect.client.schemas.actions import ArtifactCreate
-from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey, LogFilter,
-                                            LogFilterFlowRunId, TaskRunFilter, TaskRunFilterFlowRunId)
-from prefect.client.schemas.sorting import LogSort, TaskRunSort
+from prefect.client.schemas.filters import ArtifactFilterKey
 from prefect.states import Scheduled
 
 from flows import stack as st
@@ -39,7 +37,7 @@ from mftasks.process import alive
 from mftasks.progress import log_dir
 from mftasks.report import read_metrics
 
-from conftest import demo_work, free_port, running_stack
+from conftest import FlowRun, demo_work, free_port, running_stack
 
 REPO = Path(__file__).resolve().parents[2]
 NPROC = 2
@@ -100,11 +98,9 @@ def recovery_report():
 
 # ---------------------------------------------------------------------------------------------- runs
 @dataclass
-class Run:
+class Run(FlowRun):
     """One flow run of finetune-gpt2 and the folder it writes."""
 
-    stack: st.Stack
-    id: str
     work: Path
     """Project-relative work_dir of the run."""
 
@@ -133,56 +129,12 @@ class Run:
     def stage(self, name: str) -> Path:
         return self.dir / "stages" / name
 
-    # -- what the server says (as JSON, as the API sends it)
-    def read(self) -> dict:
-        with self.stack.client() as c:
-            return c.read_flow_run(UUID(self.id)).model_dump(mode="json")
-
-    def state(self) -> str:
-        return (self.read().get("state") or {}).get("type", "")
-
-    def wait(self, timeout: float = RUN_TIMEOUT) -> dict:
-        return st.watch(self.stack, self.id, timeout=timeout)
-
-    def states(self) -> list[dict]:
-        """Every state the run went through, oldest first."""
-        with self.stack.client() as c:
-            rows = [s.model_dump(mode="json") for s in c.read_flow_run_states(UUID(self.id))]
-        return sorted(rows, key=lambda s: s["timestamp"])
-
-    def task_runs(self) -> list[dict]:
-        with self.stack.client() as c:
-            runs = c.read_task_runs(task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[self.id])),
-                                    sort=TaskRunSort.EXPECTED_START_TIME_ASC)
-        return [t.model_dump(mode="json") for t in runs]
-
-    def logs(self) -> list[dict]:
-        """Every log record of the run, oldest first."""
-        rows: list[dict] = []
-        with self.stack.client() as c:
-            while True:
-                page = c.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[self.id])),
-                                   sort=LogSort.TIMESTAMP_ASC, limit=200, offset=len(rows))
-                rows += [r.model_dump(mode="json") for r in page]
-                if len(page) < 200:
-                    return rows
-
-    def artifacts(self, key: str) -> list[dict]:
-        """The run's artifacts under `key` (every version), oldest first, their data parsed (a table: its rows)."""
-        return self._artifacts(ArtifactFilterKey(any_=[key]))
-
+    # -- what the server says: FlowRun (tests/conftest.py)
     def verdicts(self) -> list[dict]:
         """The launcher's verdicts, oldest first, as the launch task publishes them: a table artifact
         `verdict-<stage>` of one row per failed attempt (stage, class, retryable, who, what, elapsed_s, attempt,
         message)."""
         return [row for a in self._artifacts(ArtifactFilterKey(like_="verdict-")) for row in a["data"]]
-
-    def _artifacts(self, key: ArtifactFilterKey) -> list[dict]:
-        with self.stack.client() as c:
-            found = c.read_artifacts(artifact_filter=ArtifactFilter(
-                flow_run_id=ArtifactFilterFlowRunId(any_=[self.id]), key=key))
-        rows = sorted((a.model_dump(mode="json") for a in found), key=lambda a: a["created"])
-        return [{**a, "data": json.loads(a["data"]) if isinstance(a["data"], str) else a["data"]} for a in rows]
 
     def add_markdown_artifact(self, key: str, markdown: str, description: str) -> None:
         with self.stack.client() as c:
