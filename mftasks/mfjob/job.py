@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import MftasksError
 from ..launcher import LaunchResult, LaunchSpec, launch
 from .progress import LOSS_LINE, StepReport, read_reports
 from .resume import ResumePoint, resume_point
@@ -44,6 +45,15 @@ class JobResult:
         """The last global step rank 0 reported in this attempt."""
         rows = self.reports.get(0) or []
         return rows[-1].global_step if rows else None
+
+
+class JobFailed(MftasksError):
+    """An attempt of a MindFormers job failed; carries its JobResult (root cause, class, retryable)."""
+
+    def __init__(self, result: JobResult):
+        self.result = result
+        self.retryable = bool(result.launch.retryable)
+        super().__init__(f"MindFormers job failed: {result.launch.summary()}")
 
 
 def argv_for(spec: JobSpec, point: ResumePoint | None) -> list[str]:

@@ -26,7 +26,8 @@ class JobSpec(TypedConfig):
     """One MindFormers job on this node."""
 
     program: Sequence[str]
-    """argv of each rank: the interpreter of MindFormers' environment, the entry point, its flags (no shell)."""
+    """argv of each rank: the interpreter of MindFormers' environment, the entry point, its flags (no shell).
+    Relative paths in it are relative to `cwd` (default output_dir): give absolute ones."""
     output_dir: str
     """MindFormers' output folder: checkpoint/rank_N/ (+ meta.json), log/rank_N/, strategy/."""
     nproc_per_node: int = 1
