@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 
 # dp,mp,pp,micro,vocab_emb_dp[,optimizer_shard]: mp2 splits the vocabulary too
 MP2, PP2, DP2_ZERO, MP2_LORA = "1,2,1,1,0", "1,1,2,2,1", "2,1,1,2,1,1", "1,2,1,1,0+lora"
-DP2_MP2, MP2_PP2, MP2_PP2_LORA = "2,2,1,2,1", "1,2,2,2,0", "1,2,2,2,0+lora"
+DP2_MP2, MP2_PP2, MP2_PP2_LORA, PP4 = "2,2,1,2,1", "1,2,2,2,0", "1,2,2,2,0+lora", "1,1,4,4,1+L4"
 
 
 def _launch(out: Path, nproc: int, *layouts: str) -> Path:
@@ -54,7 +54,7 @@ def _ranks(out: Path, spec: str) -> dict[int, dict]:
 
 @pytest.fixture(scope="module")
 def reference():
-    return parity_rank.reference_run()
+    return parity_rank.reference_run(generated=True)
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +69,11 @@ def two_ranks(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def four_ranks(tmp_path_factory):
-    return _launch(tmp_path_factory.mktemp("parallel4"), 4, DP2_MP2, MP2_PP2, MP2_PP2_LORA)
+    return _launch(tmp_path_factory.mktemp("parallel4"), 4, DP2_MP2, MP2_PP2, MP2_PP2_LORA, PP4)
 
 
 def _check_parity(runs: dict[int, dict], spec: str, reference: dict) -> None:
-    pc = parity_rank.layout_of(spec)
+    pc, (_, n_layer) = parity_rank.layout_of(spec), parity_rank.options_of(spec)
     assert sorted(runs) == list(range(pc.world_size))
     ref = np.array(reference["losses"])
     for rank, run in runs.items():
@@ -86,7 +86,8 @@ def _check_parity(runs: dict[int, dict], spec: str, reference: dict) -> None:
         assert tokens0 == tokens1 == ref_tokens
         assert abs(sum0 / ref_sum0 - 1) < 1e-5 and abs(sum1 / ref_sum1 - 1) < 1e-4, (spec, rank, run["eval"])
     for d in range(pc.data_parallel):  # every replica ends with the weights of one process
-        merged = merge_rank_states({r: run["params"] for r, run in runs.items()}, pc, parity_rank.tiny_config(), d)
+        merged = merge_rank_states({r: run["params"] for r, run in runs.items()}, pc, parity_rank.tiny_config(n_layer),
+                                   d)
         assert merged.keys() == reference["state"].keys()
         worst = max(float(np.abs(merged[n] - reference["state"][n]).max()) for n in merged)
         assert worst < 1e-4, f"{spec} replica {d}: merged weights differ from one process by {worst}"
@@ -125,6 +126,16 @@ def test_lora_adapters_split_like_their_layers_match_one_process(two_ranks, four
         start = shard_full_state(init, parity_rank.layout_of(spec), config, run["rank"])
         frozen = [n for n in run["params"] if ".lora_" not in n]
         assert frozen and all(np.array_equal(run["params"][n], start[n]) for n in frozen)  # only adapters train
+
+
+def test_pp4_with_middle_stages_matches_one_process(four_ranks):
+    runs = _ranks(four_ranks, PP4)
+    _check_parity(runs, PP4, parity_rank.reference_run(n_layer=4))
+    for rank, run in runs.items():  # 4 layers over 4 stages: rank s holds block s only
+        assert {n.split(".")[2] for n in run["shapes"] if ".h." in n} == {str(rank)}
+        assert ("transformer.wte.embedding_table" in run["shapes"]) == (rank in (0, 3))  # first + last
+    wte = "transformer.wte.embedding_table"  # the tied copies stay identical (gradient summed over emb_0-3)
+    assert np.array_equal(runs[0]["params"][wte], runs[3]["params"][wte])
 
 
 def test_dp2_mp2_matches_one_process(four_ranks, reference):

@@ -4,8 +4,9 @@ OUT/<tag>/rank_<r>.npz (its final parameters, full-model names).
 
     mftasks launch --nproc-per-node 2 -- python tests/parallel/parity_rank.py OUT 1,2,1,1,0 1,1,2,2,1
 
-A layout is dp,mp,pp,micro_batch_num,vocab_emb_dp[,optimizer_shard][+lora] (+lora: only LoRA adapters on
-every projection train, from a full state whose adapters are non-zero).  The 1-process reference
+A layout is dp,mp,pp,micro_batch_num,vocab_emb_dp[,optimizer_shard][+lora][+L<n_layer>] (+lora: only
+LoRA adapters on every projection train, from a full state whose adapters are non-zero; +L4: 4 layers,
+else 2).  The 1-process reference
 (`reference_run`) is imported by the test and run in its own process: same seed, same initial weights, same
 global batches.
 """
@@ -109,8 +110,9 @@ def lora_model(model, full: dict[str, np.ndarray], state=None):
     return mark_only_lora_as_trainable(model)
 
 
-def reference_run(n_layer: int = 2, steps: int = STEPS, lora: bool = False) -> dict:
-    """One process, the Trainer's model, loss, optimizer and train step on the whole global batch."""
+def reference_run(n_layer: int = 2, steps: int = STEPS, lora: bool = False, generated: bool = False) -> dict:
+    """One process, the Trainer's model, loss, optimizer and train step on the whole global batch (and with
+    `generated`, the trained model's greedy continuations of PROMPTS)."""
     import mindspore as ms
 
     from mftasks.model.gpt2 import GPT2EvalLoss, GPT2LMHeadModel, GPT2WithLoss
@@ -131,7 +133,7 @@ def reference_run(n_layer: int = 2, steps: int = STEPS, lora: bool = False) -> d
     before = [float(v.asnumpy()) for v in evaluate(ids, mask)]
     losses = [float(step(ms.Tensor(i), ms.Tensor(m)).asnumpy()) for i, m in global_batches(steps)]
     after = [float(v.asnumpy()) for v in evaluate(ids, mask)]
-    return {"losses": losses, "eval": [before, after], "generated": greedy(model),
+    return {"losses": losses, "eval": [before, after], "generated": greedy(model) if generated else None,
             "state": {p.name: p.asnumpy() for p in model.get_parameters()}}
 
 
@@ -170,35 +172,42 @@ def check_scatter_gather(state) -> dict:
 
 
 def layout_of(spec: str):
-    """dp,mp,pp,micro,vocab_emb_dp[,optimizer_shard] -> ParallelConfig."""
+    """dp,mp,pp,micro,vocab_emb_dp[,optimizer_shard][+options] -> ParallelConfig."""
     from mftasks.context import ParallelConfig
 
-    dp, mp, pp, micro, vemb, *shard = (int(v) for v in spec.removesuffix("+lora").split(","))
+    dp, mp, pp, micro, vemb, *shard = (int(v) for v in spec.split("+")[0].split(","))
     return ParallelConfig(data_parallel=dp, model_parallel=mp, pipeline_stage=pp, micro_batch_num=micro,
                           vocab_emb_dp=bool(vemb), optimizer_shard=bool(shard and shard[0]))
 
 
+def options_of(spec: str) -> tuple[bool, int]:
+    """(lora, n_layer) from a spec's +lora / +L<n_layer> options (default: no LoRA, 2 layers)."""
+    options = spec.split("+")[1:]
+    layers = [int(o[1:]) for o in options if o.startswith("L")]
+    return "lora" in options, layers[0] if layers else 2
+
+
 def layout_tag(spec: str) -> str:
     """The folder of a layout's outputs."""
-    pc = layout_of(spec)
+    pc, (lora, n_layer) = layout_of(spec), options_of(spec)
     return (f"dp{pc.data_parallel}_mp{pc.model_parallel}_pp{pc.pipeline_stage}_micro{pc.micro_batch_num}"
-            f"_vemb{int(pc.vocab_emb_dp)}" + ("_zero1" if pc.optimizer_shard else "")
-            + ("_lora" if spec.endswith("+lora") else ""))
+            f"_vemb{int(pc.vocab_emb_dp)}" + ("_zero1" if pc.optimizer_shard else "") + ("_lora" if lora else "")
+            + (f"_L{n_layer}" if n_layer != 2 else ""))
 
 
-def run_layout(spec: str, rank: int, out: Path, n_layer: int, steps: int = STEPS) -> None:
+def run_layout(spec: str, rank: int, out: Path, steps: int = STEPS) -> None:
     from mftasks.optim import lr_schedule
     from mftasks.parallel.groups import initialize_model_parallel
     from mftasks.parallel.optimizer import build_parallel_optimizer
     from mftasks.parallel.model import build_rank_model, rank_state
     from mftasks.parallel.step import ParallelEvalStep, ParallelTrainStep
 
-    pc = layout_of(spec)
+    pc, (lora, n_layer) = layout_of(spec), options_of(spec)
     dp, mp, pp = pc.data_parallel, pc.model_parallel, pc.pipeline_stage
     config, args = tiny_config(n_layer), training_args()
     t0 = time.time()
     state = initialize_model_parallel(pc, rank)
-    if spec.endswith("+lora"):
+    if lora:
         model = lora_model(build_rank_model(config, state), initial_state(config, lora=True), state)
     else:
         model = build_rank_model(config, state, initial_state(config))
@@ -239,9 +248,8 @@ def main(argv: list[str]) -> None:
     init()
     if os.environ.get("MS_ROLE") == "MS_SCHED":
         return
-    out, n_layer = Path(argv[0]), int(os.environ.get("PARITY_N_LAYER", "2"))
     for spec in argv[1:]:
-        run_layout(spec, get_rank(), out, n_layer)
+        run_layout(spec, get_rank(), Path(argv[0]))
 
 
 if __name__ == "__main__":
