@@ -24,8 +24,9 @@ from flows.pipeline import Procs, RelPath
 from flows.stages import Port
 from flows.tasks import _log, _rank_table_artifact, device_limit
 from mftasks.mfjob import JobFailed, JobSpec, parse_line, run_job
+from mftasks.run_config import RUN_MODES
 
-RunMode = Literal["train", "finetune", "eval", "predict"]
+RunMode = Literal[RUN_MODES]  # run_mindformer.py's --run_mode values, the same as mftasks run's
 EnvPath = Annotated[str, Field(pattern=r"^(/|\.?)[A-Za-z0-9_][A-Za-z0-9_.\-]*(/[A-Za-z0-9_][A-Za-z0-9_.\-]*)*$",
                                max_length=1024)]
 """An interpreter: project-relative (a hidden folder such as .venv-mindformers allowed) or absolute."""

@@ -1,6 +1,6 @@
 """Prefect flows: the stages on their own, and the `finetune-gpt2` chain behind the deployment.
 
-    prepare → rank table → train → merge → finetune (LoRA) → merge-lora → evaluate → predict
+    prepare → train → merge → finetune (LoRA) → merge-lora → evaluate → predict
 
 Parameters are typed; Prefect turns the annotations into the deployment's schema, so bad values are
 rejected when a run is created, with a message naming the parameter.  Paths are relative to the
@@ -17,9 +17,11 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from mftasks import history, report, scoring
+from mftasks.context import DEVICE_TARGETS
+from mftasks.errors import ConfigError
 from mftasks.lineage import Lineage
 from mftasks.model import PRESETS
-from mftasks.stage import StageSpec
+from mftasks.stage import StageSpec, device_problems
 
 from flows import tasks
 
@@ -32,6 +34,8 @@ RelPath = Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*(/[A-Za-
 Steps = Annotated[int, Field(ge=1, le=1_000_000)]
 Procs = Annotated[int, Field(ge=1, le=64)]
 LearningRate = Annotated[float, Field(gt=0, le=1)]
+DeviceTarget = Annotated[Literal[DEVICE_TARGETS], Field(description="MindSpore's device; one the worker's machine "
+                                                                    "lacks fails the run before anything starts")]
 
 
 def _seq(model_type: str) -> int:
@@ -74,21 +78,21 @@ def finetune_gpt2(corpus_dir: RelPath = "demo/corpus", work_dir: RelPath = "demo
                   hang_timeout_s: Annotated[float, Field(gt=0)] | None = None,
                   save_every: Annotated[int, Field(ge=1)] | None = None,
                   dropout: Annotated[float, Field(ge=0, lt=1)] | None = None,
-                  master_port: Annotated[int, Field(ge=1024, le=65535)] = 8118) -> dict:
+                  master_port: Annotated[int, Field(ge=1024, le=65535)] = 8118,
+                  device_target: DeviceTarget = "CPU") -> dict:
     """The whole chain on the embedded demo corpus (or a corpus folder of the same layout).
 
     save_every: checkpoint interval of the training stages (default: a third of the steps);
     hang_timeout_s: seconds without training progress that count as a hang (default: derived);
     dropout: override the preset's dropout (0 makes runs bit-comparable, e.g. for resume checks)."""
+    ConfigError.raise_if(device_problems(device_target), where="finetune-gpt2")  # before anything starts
     log = get_run_logger()
     started = time.time()
     run_dir = Path(work_dir) / "runs" / (flow_run.get_id() or "local")
     corpus, pre, fin = _datasets(corpus_dir, work_dir, model_type, vocab_size, seed)
-    if nproc > 1:
-        tasks.generate_rank_table(nproc, str(run_dir / "rank_table.json"))
 
     common = dict(model_type=model_type, nproc=nproc, batch_size=batch_size, seed=seed, timeout=stage_timeout_s,
-                  master_port=master_port, dropout=dropout)
+                  master_port=master_port, dropout=dropout, device_target=device_target)
     train_out = str(run_dir / "train")
     train = tasks.launch_ranks(StageSpec(name="train", run_mode="train", output_dir=train_out,
                                          train_dataset=pre["output"], max_steps=train_steps,

@@ -18,7 +18,7 @@ from prefect.deployments import run_deployment
 from pydantic import Field
 
 from flows import tasks
-from flows.pipeline import LearningRate, ModelType, Procs, RelPath, Steps
+from flows.pipeline import DeviceTarget, LearningRate, ModelType, Procs, RelPath, Steps
 from mftasks.model.lora import PET_METHODS
 from mftasks.stage import StageSpec
 
@@ -31,16 +31,17 @@ DeploymentName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]+/[A-Za-z0-9_\-]+
 
 
 def _stage(name, run_mode, output_dir, model_type, nproc, **kw) -> StageSpec:
+    """The stage's spec: every problem (a device this machine lacks included) is raised here, before any process."""
     return StageSpec(name=name, run_mode=run_mode, output_dir=output_dir, model_type=model_type, nproc=nproc, **kw)
 
 
 @flow(name="train", log_prints=True)
 def train(train_dataset: RelPath, output_dir: RelPath = "demo/stages/train", model_type: ModelType = "gpt2_small_cpu",
           nproc: Procs = 1, steps: Steps = 60, batch_size: Annotated[int, Field(ge=1)] = 8,
-          learning_rate: LearningRate = 1e-3, master_port: Port = 8118) -> dict:
+          learning_rate: LearningRate = 1e-3, master_port: Port = 8118, device_target: DeviceTarget = "CPU") -> dict:
     spec = _stage("train", "train", output_dir, model_type, nproc, train_dataset=train_dataset, max_steps=steps,
                   batch_size=batch_size, learning_rate=learning_rate, save_steps=max(steps // 3, 1),
-                  master_port=master_port)
+                  master_port=master_port, device_target=device_target)
     return tasks.launch_ranks(spec, str(Path(output_dir).parent / "work"))
 
 
@@ -48,27 +49,30 @@ def train(train_dataset: RelPath, output_dir: RelPath = "demo/stages/train", mod
 def finetune(train_dataset: RelPath, base_checkpoint: RelPath, output_dir: RelPath = "demo/stages/lora",
              model_type: ModelType = "gpt2_small_cpu", pet_method: PetMethod = "lora", nproc: Procs = 1,
              steps: Steps = 60, batch_size: Annotated[int, Field(ge=1)] = 8, learning_rate: LearningRate = 3e-3,
-             master_port: Port = 8118) -> dict:
+             master_port: Port = 8118, device_target: DeviceTarget = "CPU") -> dict:
     spec = _stage("finetune", "finetune", output_dir, model_type, nproc, pet_method=pet_method,
                   train_dataset=train_dataset, load_checkpoint=base_checkpoint, max_steps=steps, batch_size=batch_size,
-                  learning_rate=learning_rate, save_steps=max(steps // 3, 1), master_port=master_port)
+                  learning_rate=learning_rate, save_steps=max(steps // 3, 1), master_port=master_port,
+                  device_target=device_target)
     return tasks.launch_ranks(spec, str(Path(output_dir).parent / "work"))
 
 
 @flow(name="evaluate", log_prints=True)
 def evaluate(eval_dataset: RelPath, checkpoint: RelPath, model_type: ModelType = "gpt2_small_cpu",
-             output_dir: RelPath = "demo/stages/eval", nproc: Procs = 1, master_port: Port = 8118) -> dict:
+             output_dir: RelPath = "demo/stages/eval", nproc: Procs = 1, master_port: Port = 8118,
+             device_target: DeviceTarget = "CPU") -> dict:
     spec = _stage("evaluate", "eval", output_dir, model_type, nproc, eval_dataset=eval_dataset,
-                  load_checkpoint=checkpoint, master_port=master_port)
+                  load_checkpoint=checkpoint, master_port=master_port, device_target=device_target)
     return tasks.launch_ranks(spec, str(Path(output_dir).parent / "work"))["result"]
 
 
 @flow(name="predict", log_prints=True)
 def predict(prompts: list[Annotated[str, Field(max_length=2000)]], checkpoint: RelPath,
             model_type: ModelType = "gpt2_small_cpu", output_dir: RelPath = "demo/stages/predict",
-            max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 32, master_port: Port = 8118) -> list:
+            max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 32, master_port: Port = 8118,
+            device_target: DeviceTarget = "CPU") -> list:
     spec = _stage("predict", "predict", output_dir, model_type, 1, load_checkpoint=checkpoint, predict_data=prompts,
-                  max_new_tokens=max_new_tokens, master_port=master_port)
+                  max_new_tokens=max_new_tokens, master_port=master_port, device_target=device_target)
     return tasks.launch_ranks(spec, str(Path(output_dir).parent / "work"))["result"]
 
 

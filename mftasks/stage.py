@@ -93,9 +93,13 @@ class StageSpec(TypedConfig):
     """Seconds without heartbeat progress that count as a hang; None: derived (see LaunchSpec)."""
     master_port: int = 8118
     """Port of the dynamic cluster's scheduler."""
+    device_target: str = "CPU"
+    """MindSpore's device: CPU, GPU or Ascend; one this machine lacks is refused before anything starts."""
 
     def _check(self, c: Checks) -> None:
         c.require("nproc", lambda v: v >= 1, "must be >= 1")
+        if c.ok("device_target"):
+            c.extend(device_problems(self.device_target))
         if c.ok("nnodes", "node_rank") and (self.nnodes < 1 or not 0 <= self.node_rank < self.nnodes):
             c.problem(f"node_rank={self.node_rank!r} must be in [0, nnodes={self.nnodes!r})")
         if not c.problems:  # the run config is built from well-formed fields only (one problem, said once)
@@ -128,7 +132,7 @@ class StageSpec(TypedConfig):
         return RunConfig.build(dict(
             run_mode=self.run_mode, seed=self.seed, output_dir=os.fspath(self.output_dir),
             load_checkpoint=self.load_checkpoint, use_parallel=self.world_size > 1,
-            context=dict(mode="GRAPH_MODE", device_target="CPU"),
+            context=dict(mode="GRAPH_MODE", device_target=self.device_target),
             parallel=dict(parallel_mode="DATA_PARALLEL", gradients_mean=True),
             parallel_config=dict(data_parallel=self.world_size),
             model=dict(model_type=self.model_type, **dropout), pet=pet,
@@ -142,6 +146,17 @@ class StageSpec(TypedConfig):
     @property
     def world_size(self) -> int:
         return self.nproc * self.nnodes
+
+
+def device_problems(device_target: str) -> list[str]:
+    """Why this machine cannot run stages on `device_target` (empty: it can), naming the field and the fix."""
+    from .context import device_unavailable_reason
+
+    reason = device_unavailable_reason(device_target)
+    if reason is None:
+        return []
+    return [f"device_target={device_target!r}: {reason}; run the stage on a machine that has it (a worker on "
+            "that node), or set device_target='CPU'"]
 
 
 @dataclass
@@ -205,7 +220,8 @@ def run_stage(spec: StageSpec, work_dir: str | Path, attempt: int = 0, on_line=N
                              master_port=spec.master_port, layout=(spec.world_size, 1, 1),
                              env={"GLOG_v": os.environ.get("GLOG_v", "3")})
     started = time.time()
-    result = launch(launch_spec, on_line=on_line, on_start=lambda pids: _record_pids(folder / "pids.json", pids, str(config_path.resolve())))
+    result = launch(launch_spec, on_line=on_line,
+                    on_start=lambda pids: _record_pids(folder / "pids.json", pids, str(config_path.resolve())))
     ranks = result.rank_rows()
     if not result.ok:
         raise StageFailed(spec.name, result)

@@ -6,6 +6,9 @@ import json
 import os
 import subprocess
 import sys
+import time
+import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -13,7 +16,7 @@ import pytest
 from flows import stack as st
 from mftasks.errors import ConfigError
 
-from conftest import REPO, finetune_gpt2_completes
+from conftest import REPO, FlowRun, finetune_gpt2_completes
 
 pytestmark = pytest.mark.slow
 
@@ -47,6 +50,24 @@ def test_bad_parameters_rejected_before_any_run(local_stack):
                                                          "corpus_dir": "x;rm -rf /"})
     msg = str(err.value)
     assert "4 problems" in msg and "nproc" in msg and "work_dir" in msg and "'bogus'" in msg and "corpus_dir" in msg
+
+
+def test_a_device_the_machine_lacks_fails_the_run_before_anything_starts(local_stack):
+    work = Path("build") / f"ascend-{uuid.uuid4().hex[:8]}"
+    run = st.run_deployment(local_stack, "finetune-gpt2", {"corpus_dir": str(work / "corpus"),
+                                                           "work_dir": str(work / "pipeline"),
+                                                           "device_target": "Ascend"})
+    final = st.watch(local_stack, run["id"], timeout=300)
+    assert final["state"]["type"] == "FAILED", final["state"]
+    deadline = time.monotonic() + 30  # a run's last log lines reach the server shortly after its final state
+    while True:
+        logs = [l["message"] for l in FlowRun(local_stack, run["id"]).logs()]
+        if any("device_target='Ascend': no Ascend device on this machine" in m for m in logs):
+            break
+        assert time.monotonic() < deadline, logs[-5:]
+        time.sleep(0.5)
+    assert not (REPO / work).exists()  # no corpus built, no data prepared, no rank started
+    assert not [t for t in FlowRun(local_stack, run["id"]).task_runs()]
 
 
 def test_deployment_names_resolve_through_the_api(local_stack):

@@ -55,6 +55,14 @@ def test_flow_pet_method_is_the_library_pet_methods():
     assert all(enum == list(PET_METHODS) for enum in enums.values()), enums
 
 
+def test_flow_device_target_is_the_library_device_targets():
+    from mftasks.context import DEVICE_TARGETS
+
+    enums = _enums("device_target")
+    assert {"finetune-gpt2", "train", "finetune", "evaluate", "predict"} <= set(enums), enums
+    assert all(enum == list(DEVICE_TARGETS) for enum in enums.values()), enums
+
+
 def test_run_modes_of_the_stage_and_the_command_line_are_the_run_configs():
     import argparse
 

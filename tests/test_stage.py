@@ -77,3 +77,11 @@ def test_each_stage_setting_reaches_the_run_config_under_its_own_name(tmp_path):
     assert carried <= set(written), carried - set(written)  # a new field is carried, or named in LAUNCH_ONLY
     assert {f: written[f] for f in carried} == {f: getattr(spec, f) for f in carried}
     assert written["attention_dropout"] == spec.dropout  # dropout sets both
+
+
+def test_a_device_this_machine_lacks_is_refused_when_the_spec_is_built(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        StageSpec(name="train", run_mode="train", output_dir=str(tmp_path / "out"), device_target="Ascend")
+    assert ("device_target='Ascend': no Ascend device on this machine (no /dev/davinci[0-9]* device files); run the "
+            "stage on a machine that has it") in str(err.value)
+    assert not (tmp_path / "out").exists()
