@@ -1,8 +1,8 @@
 """Typed configuration: the one base every config of the library is built on.
 
 `TypedConfig` is the base of the config dataclasses (`TrainingArguments`, `ContextConfig`,
-`ParallelContextConfig`, `ParallelConfig`, `RunConfig`, `GPT2Config`, `LaunchSpec`, `StageSpec`,
-`PrepareSpec`): each field is checked against its annotation, then `_check(checks)` adds ranges and
+`ParallelContextConfig`, `ParallelConfig`, `RunConfig`, `GPT2Config`, `LoraConfig`, `LaunchSpec`, `StageSpec`,
+`PrepareSpec`, `JobSpec`): each field is checked against its annotation, then `_check(checks)` adds ranges and
 cross-field rules, and every problem is raised at once in one ConfigError (or the class's own subclass of it).
 `problems()` gives the same list without raising, for specs that are checked again where they are used.
 `from_dict` / `build` refuse unknown keys with a "did you mean" suggestion and name missing required ones.

@@ -52,19 +52,17 @@ class GPT2Config(TypedConfig):
     HAND_CHECKED: ClassVar[tuple[str, ...]] = ("lora_targets",)  # its message lists the valid targets
 
     def _check(self, c: Checks) -> None:
-        if isinstance(self.lora_targets, list):  # from YAML / JSON
-            c.set("lora_targets", tuple(self.lora_targets))
         c.require("name", bool, "must be a non-empty string")
-        for name in ("n_layer", "n_embd", "n_head", "seq_length", "vocab_size", "lora_rank"):
+        for name in ("n_layer", "n_embd", "n_head", "seq_length", "vocab_size"):
             c.require(name, lambda v: v > 0, "must be a positive integer")
         if c.ok("n_embd", "n_head") and self.n_head > 0 and self.n_embd % self.n_head:
             c.problem(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: "
                       "pick n_head so that head_dim = n_embd / n_head is an integer")
-        for name in ("dropout", "attention_dropout", "lora_dropout"):
+        for name in ("dropout", "attention_dropout"):
             c.require(name, lambda v: 0.0 <= v < 1.0, f"must be a number with 0 <= {name} < 1")
-        for name in ("layer_norm_epsilon", "initializer_range", "lora_alpha"):
+        for name in ("layer_norm_epsilon", "initializer_range"):
             c.require(name, lambda v: v > 0, "must be a positive number")
-        c.extend(lora_targets_problems(self.lora_targets, "lora_targets"))
+        check_lora(c, "lora_")
 
     def _where(self) -> str:
         return f"GPT2Config(name={self.name!r})"
@@ -89,6 +87,18 @@ class GPT2Config(TypedConfig):
                 where="GPT2Config.from_name",
             )
         return cls(**{**PRESETS[name], **overrides})
+
+
+def check_lora(c: Checks, prefix: str) -> None:
+    """The checks of the four LoRA settings, shared by GPT2Config (`lora_rank`, ...; prefix "lora_") and
+    LoraConfig (`rank`, ...; prefix "")."""
+    rank, alpha, dropout, targets = (f"{prefix}{n}" for n in ("rank", "alpha", "dropout", "targets"))
+    if isinstance(getattr(c.obj, targets), list):  # from YAML / JSON
+        c.set(targets, tuple(getattr(c.obj, targets)))
+    c.require(rank, lambda v: v > 0, "must be a positive integer")
+    c.require(alpha, lambda v: v > 0, "must be a positive number")
+    c.require(dropout, lambda v: 0.0 <= v < 1.0, f"must be a number with 0 <= {dropout} < 1")
+    c.extend(lora_targets_problems(getattr(c.obj, targets), targets))
 
 
 def lora_targets_problems(targets: Any, field: str) -> list[str]:

@@ -17,10 +17,9 @@ would add the adapter twice.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import mindspore as ms
 import numpy as np
@@ -28,7 +27,8 @@ from mindspore import nn, ops
 from mindspore.common.initializer import HeUniform, initializer
 
 from mftasks.errors import CheckpointError, ConfigError
-from mftasks.model.config import VALID_LORA_TARGETS, GPT2Config, lora_targets_problems
+from mftasks.model.config import VALID_LORA_TARGETS, GPT2Config, check_lora
+from mftasks.typed_config import Checks, TypedConfig
 
 PET_METHODS: tuple[str, ...] = ("", "lora")
 """Parameter-efficient tuning methods a run may name: '' (full fine-tuning) or 'lora'."""
@@ -42,7 +42,7 @@ _QKV_INDEX = {"q": 0, "k": 1, "v": 2}
 
 
 @dataclass
-class LoraConfig:
+class LoraConfig(TypedConfig):
     """LoRA hyperparameters; the update added to W is (alpha / rank) * B @ A."""
 
     rank: int
@@ -54,18 +54,10 @@ class LoraConfig:
     targets: tuple[str, ...] = ("q", "v")
     """Layers to adapt, a subset of VALID_LORA_TARGETS."""
 
-    def __post_init__(self) -> None:
-        if isinstance(self.targets, list):
-            self.targets = tuple(self.targets)
-        problems = []
-        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank <= 0:
-            problems.append(f"rank={self.rank!r} must be a positive integer")
-        if not _is_number(self.alpha) or self.alpha <= 0:
-            problems.append(f"alpha={self.alpha!r} must be a positive number")
-        if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
-            problems.append(f"dropout={self.dropout!r} must be a number with 0 <= dropout < 1")
-        problems += lora_targets_problems(self.targets, "targets")
-        ConfigError.raise_if(problems, where="LoraConfig")
+    HAND_CHECKED: ClassVar[tuple[str, ...]] = ("targets",)  # its message lists the valid targets
+
+    def _check(self, c: Checks) -> None:
+        check_lora(c, "")
 
     @property
     def scale(self) -> float:
@@ -74,23 +66,15 @@ class LoraConfig:
     @classmethod
     def from_model_config(cls, config: GPT2Config, **overrides: Any) -> LoraConfig:
         """The model preset's lora_* defaults, with some fields overridden (rank=, alpha=, ...)."""
-        fields = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(overrides) - set(fields))
+        unknown = sorted(set(overrides) - set(cls.field_names()))
         if unknown:
             raise ConfigError(
-                f"unknown override(s) {', '.join(unknown)}; valid fields: {', '.join(fields)}",
+                f"unknown override(s) {', '.join(unknown)}; valid fields: {', '.join(cls.field_names())}",
                 where="LoraConfig.from_model_config",
             )
         defaults = dict(rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout,
                         targets=config.lora_targets)
         return cls(**{**defaults, **overrides})
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "targets": list(self.targets)}
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def target_slice(target: str, out_features: int) -> tuple[int, int]:
