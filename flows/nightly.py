@@ -29,7 +29,7 @@ def nightly_eval(work_dir: RelPath = "demo/pipeline",
     model_type = model.manifest["model_config"]["name"]
     current = {}
     for folder in regression.eval_datasets(root, model.manifest["model_config"]["seq_length"]):
-        r = tasks.launch_ranks(StageSpec(name=f"nightly_{folder.name}", run_mode="eval",
+        r = tasks.launch_stage(StageSpec(name=f"nightly_{folder.name}", run_mode="eval",
                                          output_dir=str(root / "nightly" / "eval"), eval_dataset=str(folder),
                                          load_checkpoint=str(model.path), model_type=model_type), str(root / "nightly"))
         current[f"{folder.name}_PPL"] = r["result"]["PPL"]

@@ -94,14 +94,14 @@ def finetune_gpt2(corpus_dir: RelPath = "demo/corpus", work_dir: RelPath = "demo
     common = dict(model_type=model_type, nproc=nproc, batch_size=batch_size, seed=seed, timeout=stage_timeout_s,
                   master_port=master_port, dropout=dropout, device_target=device_target)
     train_out = str(run_dir / "train")
-    train = tasks.launch_ranks(StageSpec(name="train", run_mode="train", output_dir=train_out,
+    train = tasks.launch_stage(StageSpec(name="train", run_mode="train", output_dir=train_out,
                                          train_dataset=pre["output"], max_steps=train_steps,
                                          save_steps=save_every or max(train_steps // 3, 1), learning_rate=learning_rate,
                                          hang_timeout=hang_timeout_s, **common), str(run_dir))
     base = tasks.merge_checkpoints(train_out, str(run_dir / "published" / "base.ckpt"))
 
     lora_out = str(run_dir / "lora")
-    lora = tasks.launch_ranks(StageSpec(name="lora", run_mode="finetune", pet_method="lora", output_dir=lora_out,
+    lora = tasks.launch_stage(StageSpec(name="lora", run_mode="finetune", pet_method="lora", output_dir=lora_out,
                                         train_dataset=fin["output"], load_checkpoint=base, max_steps=finetune_steps,
                                         save_steps=save_every or max(finetune_steps // 3, 1),
                                         learning_rate=lora_learning_rate, hang_timeout=hang_timeout_s, **common),
@@ -111,13 +111,13 @@ def finetune_gpt2(corpus_dir: RelPath = "demo/corpus", work_dir: RelPath = "demo
     evals = {}
     for label, ckpt, data in (("pretrain_base", base, pre), ("finetune_base", base, fin),
                               ("finetune_merged", merged, fin)):
-        r = tasks.launch_ranks(StageSpec(name=f"eval_{label}", run_mode="eval", output_dir=str(run_dir / "eval"),
+        r = tasks.launch_stage(StageSpec(name=f"eval_{label}", run_mode="eval", output_dir=str(run_dir / "eval"),
                                          eval_dataset=data["output"], load_checkpoint=ckpt, **common), str(run_dir))
         evals[label] = r["result"]
     checks = scoring.read_checks(corpus["checks"], predict_count)
     predictions = []
     if checks:
-        p = tasks.launch_ranks(StageSpec(name="predict", run_mode="predict", output_dir=str(run_dir / "predict"),
+        p = tasks.launch_stage(StageSpec(name="predict", run_mode="predict", output_dir=str(run_dir / "predict"),
                                          load_checkpoint=merged, predict_data=[q["prompt"] for q in checks],
                                          max_new_tokens=8, **{**common, "nproc": 1}), str(run_dir))
         predictions = scoring.score(checks, p["result"])

@@ -42,7 +42,7 @@ def train(train_dataset: RelPath, output_dir: RelPath = "demo/stages/train", mod
     spec = _stage("train", "train", output_dir, model_type, nproc, train_dataset=train_dataset, max_steps=steps,
                   batch_size=batch_size, learning_rate=learning_rate, save_steps=max(steps // 3, 1),
                   master_port=master_port, device_target=device_target)
-    return tasks.launch_ranks(spec, str(Path(output_dir).parent / "work"))
+    return tasks.launch_stage(spec, str(Path(output_dir).parent / "work"))
 
 
 @flow(name="finetune", log_prints=True)
@@ -54,7 +54,7 @@ def finetune(train_dataset: RelPath, base_checkpoint: RelPath, output_dir: RelPa
                   train_dataset=train_dataset, load_checkpoint=base_checkpoint, max_steps=steps, batch_size=batch_size,
                   learning_rate=learning_rate, save_steps=max(steps // 3, 1), master_port=master_port,
                   device_target=device_target)
-    return tasks.launch_ranks(spec, str(Path(output_dir).parent / "work"))
+    return tasks.launch_stage(spec, str(Path(output_dir).parent / "work"))
 
 
 @flow(name="evaluate", log_prints=True)
@@ -63,7 +63,7 @@ def evaluate(eval_dataset: RelPath, checkpoint: RelPath, model_type: ModelType =
              device_target: DeviceTarget = "CPU") -> dict:
     spec = _stage("evaluate", "eval", output_dir, model_type, nproc, eval_dataset=eval_dataset,
                   load_checkpoint=checkpoint, master_port=master_port, device_target=device_target)
-    return tasks.launch_ranks(spec, str(Path(output_dir).parent / "work"))["result"]
+    return tasks.launch_stage(spec, str(Path(output_dir).parent / "work"))["result"]
 
 
 @flow(name="predict", log_prints=True)
@@ -73,7 +73,7 @@ def predict(prompts: list[Annotated[str, Field(max_length=2000)]], checkpoint: R
             device_target: DeviceTarget = "CPU") -> list:
     spec = _stage("predict", "predict", output_dir, model_type, 1, load_checkpoint=checkpoint, predict_data=prompts,
                   max_new_tokens=max_new_tokens, master_port=master_port, device_target=device_target)
-    return tasks.launch_ranks(spec, str(Path(output_dir).parent / "work"))["result"]
+    return tasks.launch_stage(spec, str(Path(output_dir).parent / "work"))["result"]
 
 
 # ---------------------------------------------------------------------------------------------- multi-node
@@ -89,7 +89,7 @@ def node_launch(node_rank: Annotated[int, Field(ge=0, le=1023)], nnodes: Annotat
                      train_dataset=train_dataset, max_steps=steps, batch_size=batch_size,
                      save_steps=max(steps // 2, 1), master_port=master_port)
     get_run_logger().info("node %s: rank %d of %d nodes, %d local rank(s)", node, node_rank, nnodes, nproc_per_node)
-    return tasks.launch_ranks(spec, str(Path(output_dir).parent / f"work-node{node_rank}"))
+    return tasks.launch_stage(spec, str(Path(output_dir).parent / f"work-node{node_rank}"))
 
 
 @flow(name="multi-node-train", log_prints=True)

@@ -106,7 +106,19 @@ def _retry_if_retryable(task, task_run, state) -> bool:
     return False
 
 
-@task(name="launch-ranks", retries=2, retry_delay_seconds=1, retry_condition_fn=_retry_if_retryable)
+def _stage_run_name() -> str:
+    """A launch's task run is named after its stage (train, lora, eval-finetune-merged, ...): the run graph
+    and the task-run list read as the pipeline does."""
+    return task_run.parameters["spec"].name.replace("_", "-")
+
+
+def launch_stage(spec: StageSpec, work_dir: str) -> dict:
+    """launch_ranks, its task run named after the stage and tagged `launch-ranks` and `stage:<name>`."""
+    return launch_ranks.with_options(tags=["launch-ranks", f"stage:{spec.name.replace('_', '-')}"])(spec, work_dir)
+
+
+@task(name="launch-ranks", task_run_name=_stage_run_name, retries=2, retry_delay_seconds=1,
+      retry_condition_fn=_retry_if_retryable)
 def launch_ranks(spec: StageSpec, work_dir: str) -> dict:
     """A gang launch of the Trainer for one stage; rank logs forwarded with a rank prefix.
 

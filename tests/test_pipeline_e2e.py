@@ -34,6 +34,10 @@ def test_finetune_gpt2_deployment_runs_to_completion(local_stack, finished_pipel
     logs = httpx.post(f"{local_stack.api_url}/logs/filter",
                       json={"logs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200}, timeout=10).json()
     assert any(l["message"].startswith("[rank 0]") for l in logs)  # rank output forwarded with its prefix
+    launches = {t["name"]: t["tags"] for t in FlowRun(local_stack, run["id"]).task_runs() if "launch-ranks" in t["tags"]}
+    assert set(launches) == {"train", "lora", "eval-pretrain-base", "eval-finetune-base", "eval-finetune-merged",
+                             "predict"}  # task runs read as the pipeline does
+    assert all(f"stage:{name}" in tags for name, tags in launches.items()), launches
 
 
 def test_second_run_reuses_cached_data_preparation(local_stack, work_dir):

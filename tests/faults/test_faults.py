@@ -385,10 +385,9 @@ def _messages(ev) -> list[str]:
     return [l["message"] for l in ev["logs"]]
 
 
-def _launches(ev, stage_word: str) -> list[dict]:
-    """Task runs of launch-ranks for a stage, recognised by their log lines (names are hashed)."""
-    ids = {l["task_run_id"] for l in ev["logs"] if l.get("task_run_id") and stage_word in l["message"]}
-    return [t for t in ev["task_runs"] if t["id"] in ids and t["name"].startswith("launch-ranks")]
+def _launches(ev, stage: str) -> list[dict]:
+    """The launch task runs of a stage: named after it, tagged launch-ranks."""
+    return [t for t in ev["task_runs"] if t["name"] == stage and "launch-ranks" in t["tags"]]
 
 
 # ---------------------------------------------------------------------------------------------- tests
@@ -403,7 +402,7 @@ def test_killed_rank_stops_the_gang_fast_and_resume_matches_an_uninterrupted_run
     assert rec.resume_step in (4, 8) and rec.resume_step > 0  # resumed from a checkpoint, not from scratch
     assert 0 <= rec.last_step_before - rec.resume_step <= SAVE  # steps redone <= the checkpoint interval
     assert any(f"resuming at step {rec.resume_step} from" in m for m in _messages(ev))
-    train = _launches(ev, "train step")
+    train = _launches(ev, "train")
     assert [t["run_count"] for t in train] == [3] and train[0]["state"]["type"] == "COMPLETED"
     assert ev["final"]["state"]["type"] == "COMPLETED", ev["final"]["state"]
 
@@ -438,7 +437,7 @@ def test_hung_rank_is_detected_with_stacks_and_retried(scenarios):
         assert "[mftasks launcher] hang detected" in text, rank
         assert re.search(r"(Current thread|Thread) 0x[0-9a-f]+ \(most recent call first\):\n  File \"", text), \
             (rank, text[-2000:])
-    lora = _launches(ev, "lora step")
+    lora = _launches(ev, "lora")
     assert [t["run_count"] for t in lora] == [2] and lora[0]["state"]["type"] == "COMPLETED"
     assert ev["final"]["state"]["type"] == "COMPLETED"
 
@@ -527,7 +526,7 @@ def test_user_error_fails_fast_without_retry(scenarios):
     for r in range(NPROC):
         assert any(m.startswith(f"[rank {r}] error: invalid configuration in Trainer") and
                    "too few for one step of batch_size 4096" in m for m in _messages(ev)), r
-    launches = [t for t in ev["task_runs"] if t["name"].startswith("launch-ranks")]
+    launches = [t for t in ev["task_runs"] if "launch-ranks" in t["tags"]]
     assert [t["run_count"] for t in launches] == [1]  # not retried
     assert ev["attempt_dirs"] == []
     assert any(row["failure_class"] == "user_error" for row in ev["rank_table"]), ev["rank_table"]
