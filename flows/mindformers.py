@@ -20,31 +20,26 @@ from prefect.concurrency.sync import concurrency
 from prefect.runtime import task_run
 from pydantic import Field
 
-from flows.pipeline import Procs, RelPath
+from flows.pipeline import Procs
 from flows.stages import Port
-from flows.tasks import _log, _rank_table_artifact, device_limit
+from flows.tasks import _log, _rank_table_artifact, device_limit, retry_if_retryable
 from mftasks.mfjob import JobFailed, JobSpec, parse_line, run_job
 from mftasks.run_config import RUN_MODES
 
 RunMode = Literal[RUN_MODES]  # run_mindformer.py's --run_mode values, the same as mftasks run's
-EnvPath = Annotated[str, Field(pattern=r"^(/|\.?)[A-Za-z0-9_][A-Za-z0-9_.\-]*(/[A-Za-z0-9_][A-Za-z0-9_.\-]*)*$",
-                               max_length=1024)]
-"""An interpreter: project-relative (a hidden folder such as .venv-mindformers allowed) or absolute."""
+# Every path here becomes an argv element after one of run_mindformer.py's flags, so no segment may start
+# with '-' (a value must never read as an option), '.' (no '..') or '/' (project paths only).
+_SEGMENT = r"[A-Za-z0-9_][A-Za-z0-9_.\-]*"
+JobPath = Annotated[str, Field(pattern=rf"^{_SEGMENT}(/{_SEGMENT})*$", min_length=1, max_length=200,
+                               description="a path inside the project: segments of letters, digits, _ . - that "
+                                           "start with a letter, digit or _; no '..'")]
+EnvPath = Annotated[str, Field(pattern=rf"^(/|\.)?{_SEGMENT}(/{_SEGMENT})*$", max_length=1024,
+                               description="an interpreter: absolute, or project-relative (a hidden first folder "
+                                           "such as .venv-mindformers allowed)")]
 Seconds = Annotated[float, Field(gt=0, le=7 * 24 * 3600)]
 
 
-def _retry_if_retryable(task, task_run, state) -> bool:
-    """Retry only infrastructure failures (killed, hang, timeout, crash); never the program's own errors."""
-    try:
-        state.result()
-    except JobFailed as exc:
-        return exc.retryable
-    except Exception:  # noqa: BLE001 - a bad spec or anything else is not worth a retry
-        return False
-    return False
-
-
-@task(name="mindformers-job", retries=2, retry_delay_seconds=1, retry_condition_fn=_retry_if_retryable)
+@task(name="mindformers-job", retries=2, retry_delay_seconds=1, retry_condition_fn=retry_if_retryable)
 def run_mindformers_job(spec: JobSpec, name: str) -> dict:
     """One attempt of the job (a retry resumes from MindFormers' meta.json when every rank saved the same step)."""
     log = _log()
@@ -97,15 +92,15 @@ def _progress_artifact(key: str):
 
 @flow(name="mindformers-job", log_prints=True)
 def mindformers_job(
-        config: Annotated[RelPath, Field(description="the job's MindFormers YAML (run_mindformer.py --config)")],
-        output_dir: Annotated[RelPath, Field(description="MindFormers' output folder (checkpoint/rank_N, log/)")],
+        config: Annotated[JobPath, Field(description="the job's MindFormers YAML (run_mindformer.py --config)")],
+        output_dir: Annotated[JobPath, Field(description="MindFormers' output folder (checkpoint/rank_N, log/)")],
         run_mode: Annotated[RunMode, Field(description="run_mindformer.py --run_mode")] = "train",
-        entry_point: Annotated[RelPath, Field(description="the user's run_mindformer.py (or any program taking "
+        entry_point: Annotated[JobPath, Field(description="the user's run_mindformer.py (or any program taking "
                                                          "its flags)")] = "run_mindformer.py",
         python: Annotated[EnvPath, Field(description="the interpreter of MindFormers' own environment")]
         = ".venv-mindformers/bin/python",
-        train_dataset_dir: RelPath | None = None, eval_dataset_dir: RelPath | None = None,
-        load_checkpoint: RelPath | None = None, nproc_per_node: Procs = 1, master_port: Port = 8118,
+        train_dataset_dir: JobPath | None = None, eval_dataset_dir: JobPath | None = None,
+        load_checkpoint: JobPath | None = None, nproc_per_node: Procs = 1, master_port: Port = 8118,
         hang_timeout: Seconds | None = None, timeout: Seconds | None = None,
         name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_\-]{0,39}$",
                                    description="the stage's name in task runs and artifact keys")] = "job") -> dict:

@@ -16,6 +16,7 @@ from prefect.runtime import task_run
 
 from mftasks import regression, report
 from mftasks.data import PrepareSpec, demo_corpus, plan, prepare, verify
+from mftasks.mfjob import JobFailed
 from mftasks.stage import StageFailed, StageSpec, run_stage
 
 
@@ -95,11 +96,12 @@ def device_limit(node: str) -> str:
     return f"devices-{node}"
 
 
-def _retry_if_retryable(task, task_run, state) -> bool:
-    """Retry only infrastructure failures (killed, hang, timeout, crash); never user errors."""
+def retry_if_retryable(task, task_run, state) -> bool:
+    """Retry only infrastructure failures (killed, hang, timeout, crash) of a gang launch, a stage's or a
+    MindFormers job's; never user errors."""
     try:
         state.result()
-    except StageFailed as exc:
+    except (StageFailed, JobFailed) as exc:
         return exc.retryable
     except Exception:  # noqa: BLE001 - anything else (bad config, data error) is not worth a retry
         return False
@@ -118,7 +120,7 @@ def launch_stage(spec: StageSpec, work_dir: str) -> dict:
 
 
 @task(name="launch-ranks", task_run_name=_stage_run_name, retries=2, retry_delay_seconds=1,
-      retry_condition_fn=_retry_if_retryable)
+      retry_condition_fn=retry_if_retryable)
 def launch_ranks(spec: StageSpec, work_dir: str) -> dict:
     """A gang launch of the Trainer for one stage; rank logs forwarded with a rank prefix.
 

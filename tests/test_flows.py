@@ -96,9 +96,14 @@ def test_retry_condition_follows_the_failure_class():
     def state_of(exc):
         return Failed(data=exc)
 
-    assert tasks._retry_if_retryable(None, None, state_of(StageFailed("train", _FakeResult(True)))) is True
-    assert tasks._retry_if_retryable(None, None, state_of(StageFailed("train", _FakeResult(False)))) is False
-    assert tasks._retry_if_retryable(None, None, state_of(ConfigError("bad"))) is False
+    assert tasks.retry_if_retryable(None, None, state_of(StageFailed("train", _FakeResult(True)))) is True
+    assert tasks.retry_if_retryable(None, None, state_of(StageFailed("train", _FakeResult(False)))) is False
+    assert tasks.retry_if_retryable(None, None, state_of(ConfigError("bad"))) is False
+    from types import SimpleNamespace
+
+    from mftasks.mfjob import JobFailed  # a MindFormers job's failure follows its class the same way
+    assert tasks.retry_if_retryable(None, None, state_of(JobFailed(SimpleNamespace(launch=_FakeResult(True))))) is True
+    assert tasks.retry_if_retryable(None, None, state_of(JobFailed(SimpleNamespace(launch=_FakeResult(False))))) is False
 
 
 def test_a_failed_launch_publishes_its_verdict_as_a_table(monkeypatch, tmp_path):

@@ -66,11 +66,12 @@ def argv_for(spec: JobSpec, point: ResumePoint | None) -> list[str]:
 
 
 def _without_flag(argv: list[str], flag: str) -> list[str]:
+    """argv without `flag VALUE` and `flag=VALUE`."""
     out, skip = [], False
-    for i, arg in enumerate(argv):
+    for arg in argv:
         if skip:
             skip = False
-        elif arg == flag and i > 0:
+        elif arg == flag:
             skip = True
         elif not arg.startswith(flag + "="):
             out.append(arg)
