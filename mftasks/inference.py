@@ -4,6 +4,7 @@
     texts_of(input_data)                          predict's input as a list of strings, or ConfigError
     continue_texts(net, sp, texts, ...)           [{'text_generation_text': [prompt + continuation]}, ...]
     write_results(output_dir, results)            MindFormers' text_generation_result.txt, one result a line
+    result_file_problems(output_dir)              why that file may not be replaced (it is not a predict's)
 """
 from __future__ import annotations
 
@@ -108,6 +109,21 @@ def continue_texts(net, sp, texts: list[str], max_length: int | None, max_new_to
         new += generate(net, prompts[i:i + size], max_new_tokens=max_new_tokens, eos_id=sp.eos_id(),
                         pad_id=max(sp.pad_id(), 0), **sampling)
     return [{"text_generation_text": [sp.decode(p + n)]} for p, n in zip(prompts, new)]
+
+
+def result_file_problems(output_dir: str) -> list[str]:
+    """Why predict may not replace output_dir/text_generation_result.txt: it holds something a predict did
+    not write (empty: absent, or a predict's results)."""
+    path = Path(output_dir) / RESULT_FILE
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as exc:
+        return [f"{path}: cannot read it ({exc}); move it away, predict writes its results there"]
+    if all(line.startswith("{'text_generation_text': ") for line in lines):
+        return []
+    return [f"{path} exists and is not a predict's results; move it away, predict writes its results there"]
 
 
 def write_results(output_dir: str, results: list[dict]) -> Path:

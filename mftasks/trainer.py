@@ -137,6 +137,7 @@ class Trainer:
         """
         _no_extra(kwargs, "predict")
         texts = inference.texts_of(input_data)
+        ConfigError.raise_if(inference.result_file_problems(self.args.output_dir), where="Trainer.predict")
         net, _, sp = self._inference_model(predict_checkpoint, None)
         results = inference.continue_texts(net, sp, texts, max_length, max_new_tokens, batch_size, do_sample=do_sample,
                                            top_k=top_k, top_p=top_p, temperature=temperature,

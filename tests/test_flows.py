@@ -179,3 +179,18 @@ def test_launch_takes_one_device_slot_per_rank(monkeypatch, tmp_path):
 
     assert overlapped(3, "node-three") is False
     assert overlapped(4, "node-four") is True
+
+
+def test_mindformers_job_paths_never_read_as_options():
+    """Each path of mindformers-job becomes an argv element after one of run_mindformer.py's flags."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from flows.mindformers import EnvPath, JobPath
+
+    assert TypeAdapter(JobPath).validate_python("jobs/llama.yaml") == "jobs/llama.yaml"
+    assert TypeAdapter(EnvPath).validate_python(".venv-mindformers/bin/python")
+    for bad in ("--resume_training", "jobs/-x", "../etc/x", "/etc/x", "a b"):
+        with pytest.raises(ValidationError):
+            TypeAdapter(JobPath).validate_python(bad)
+    with pytest.raises(ValidationError):
+        TypeAdapter(EnvPath).validate_python("-c")

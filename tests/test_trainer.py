@@ -140,6 +140,17 @@ def test_predict_from_a_text_file_in_batches_writes_mindformers_result_file(trai
     assert t.predict(input_data=texts, max_new_tokens=4) == from_file
 
 
+def test_predict_never_replaces_a_result_file_it_did_not_write(tmp_path, trained):
+    out, _ = trained
+    own = tmp_path / "out"
+    shutil.copytree(out / "checkpoint", own / "checkpoint")
+    (own / "text_generation_result.txt").write_text("the user's notes\n")
+    with pytest.raises(ConfigError, match="text_generation_result.txt exists and is not a predict's results; "
+                                          "move it away"):
+        Trainer(model=TINY, args=_args(own)).predict(input_data="hello!", max_new_tokens=2)
+    assert (own / "text_generation_result.txt").read_text() == "the user's notes\n"
+
+
 def test_predict_refuses_an_empty_file_and_a_bad_batch_size(trained, tmp_path):
     out, _ = trained
     empty = tmp_path / "empty.txt"
