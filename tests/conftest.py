@@ -188,6 +188,35 @@ class FlowRun:
         rows = sorted((a.model_dump(mode="json") for a in found), key=lambda a: a["created"])
         return [{**a, "data": json.loads(a["data"]) if isinstance(a["data"], str) else a["data"]} for a in rows]
 
+MF_PYTHON = REPO / ".venv-mindformers" / "bin" / "python"
+"""The interpreter of MindFormers' own environment (mindformers 1.9.0 pins MindSpore 2.9), built by `make test`."""
+
+
+def mindformers_python() -> str:
+    """MF_PYTHON, or the test fails saying how to build it."""
+    if not MF_PYTHON.exists():
+        pytest.fail(f"MindFormers' environment {MF_PYTHON.parent.parent} is missing: `make test` builds it "
+                    "(or `make mindformers-env`)")
+    return str(MF_PYTHON)
+
+
+def write_mindformers_job(root: Path, samples: int, save_steps: int) -> dict[str, Path]:
+    """Inputs of the tiny-Llama MindFormers job (tests/fixtures/mindformers_llama): `samples` rows of token ids
+    (seq_length 32 + 1) in train.npy, 16 rows of 32 in eval.npy, job.yaml and lora.yaml (pet_method: lora)."""
+    import numpy as np
+
+    root.mkdir(parents=True, exist_ok=True)
+    ids = np.random.default_rng(0).integers(0, 128, (samples, 33)).astype(np.int32)
+    np.save(root / "train.npy", ids)
+    np.save(root / "eval.npy", ids[:16, :32])
+    body = ("model: {seq_length: 32, hidden_size: 64, num_layers: 2, num_heads: 4, vocab_size: 128, "
+            "intermediate_size: 128}\n"
+            f"runner: {{batch_size: 4, epochs: 1, save_steps: {save_steps}, learning_rate: 0.001}}\n")
+    (root / "job.yaml").write_text("seed: 1\n" + body)
+    (root / "lora.yaml").write_text("seed: 1\npet_method: lora\n" + body)
+    return {"root": root, "train": root / "train.npy", "eval": root / "eval.npy", "yaml": root / "job.yaml",
+            "lora_yaml": root / "lora.yaml"}
+
 def free_port() -> int:
     import socket
 

@@ -18,8 +18,7 @@ import pytest
 from flows import stack as st
 from mftasks.mfjob import read_reports, resume_point
 
-from conftest import REPO, FlowRun, free_port
-from test_mindformers_job import MF_PYTHON
+from conftest import REPO, FlowRun, free_port, mindformers_python, write_mindformers_job
 
 pytestmark = pytest.mark.slow
 SCRIPT = "tests/fixtures/mindformers_llama/run_mindformer.py"
@@ -28,22 +27,13 @@ SAVE_STEPS = 2
 
 @pytest.fixture(scope="module")
 def job_dir():
-    """build/mfflow-XXXXXXXX (project-relative: deployment parameters are project paths): YAMLs and token ids."""
-    if not MF_PYTHON.exists():
-        pytest.fail(f"MindFormers' environment {MF_PYTHON.parent.parent} is missing: `make test` builds it")
+    """build/mfflow-XXXXXXXX (project-relative: deployment parameters are project paths): YAMLs and token ids,
+    64 samples (8 steps a rank at batch 4 on 2 ranks)."""
+    mindformers_python()
     rel = Path("build") / f"mfflow-{uuid.uuid4().hex[:8]}"
-    root = REPO / rel
-    root.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    ids = rng.integers(0, 128, (64, 33)).astype(np.int32)  # 8 steps a rank at batch 4 on 2 ranks
-    np.save(root / "train.npy", ids)
-    np.save(root / "eval.npy", ids[:16, :32])
-    model = "model: {seq_length: 32, hidden_size: 64, num_layers: 2, num_heads: 4, vocab_size: 128, intermediate_size: 128}\n"
-    runner = f"runner: {{batch_size: 4, epochs: 1, save_steps: {SAVE_STEPS}, learning_rate: 0.001}}\n"
-    (root / "job.yaml").write_text("seed: 1\n" + model + runner)
-    (root / "lora.yaml").write_text("seed: 1\npet_method: lora\n" + model + runner)
+    write_mindformers_job(REPO / rel, samples=64, save_steps=SAVE_STEPS)
     yield rel
-    shutil.rmtree(root, ignore_errors=True)
+    shutil.rmtree(REPO / rel, ignore_errors=True)
 
 
 def _start(stack, **params) -> FlowRun:

@@ -17,10 +17,8 @@ from mftasks.errors import ConfigError
 from mftasks.launcher import FailureClass
 from mftasks.mfjob import JobSpec, argv_for, parse_line, read_reports, resume_point, run_job
 
-from conftest import free_port
+from conftest import REPO, free_port, mindformers_python, write_mindformers_job
 
-REPO = Path(__file__).resolve().parents[1]
-MF_PYTHON = REPO / ".venv-mindformers" / "bin" / "python"
 SCRIPT = REPO / "tests" / "fixtures" / "mindformers_llama" / "run_mindformer.py"
 SAVE_STEPS = 2
 # A real line of MindFormers 1.9.0's MFLossMonitor (from a run of the tiny Llama below).
@@ -81,30 +79,20 @@ def test_job_spec_lists_every_problem():
     assert "nproc_per_node=0: must be an integer >= 1" in msg and "hang_timeout=-1" in msg
     with pytest.raises(ConfigError, match="program sets --output_dir: the job sets it itself"):
         JobSpec(program=["py", "run.py", "--output_dir=x"], output_dir="out")
+    with pytest.raises(ConfigError, match="hang_timeout=30.0 is set but watch_progress is False"):
+        JobSpec(program=["py", "run.py"], output_dir="out", watch_progress=False, hang_timeout=30)
 
 
 # -- the real MindFormers -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def mf_python() -> str:
-    if not MF_PYTHON.exists():
-        pytest.fail(f"MindFormers' environment {MF_PYTHON.parent.parent} is missing: `make test` builds it "
-                    "(or `make mindformers-env`)")
-    return str(MF_PYTHON)
+    return mindformers_python()
 
 
 @pytest.fixture(scope="module")
 def job_files(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("mfjob")
-    rng = np.random.default_rng(0)
-    ids = rng.integers(0, 128, (32, 33)).astype(np.int32)  # 32 samples of seq_length + 1 tokens
-    np.save(root / "train.npy", ids)
-    np.save(root / "eval.npy", ids[:16, :32])
-    (root / "job.yaml").write_text(
-        "seed: 1\n"
-        "model: {seq_length: 32, hidden_size: 64, num_layers: 2, num_heads: 4, vocab_size: 128, intermediate_size: 128}\n"
-        f"runner: {{batch_size: 4, epochs: 1, save_steps: {SAVE_STEPS}, learning_rate: 0.001}}\n")
-    return {"root": root, "train": root / "train.npy", "eval": root / "eval.npy", "yaml": root / "job.yaml"}
+    return write_mindformers_job(tmp_path_factory.mktemp("mfjob"), samples=32, save_steps=SAVE_STEPS)
 
 
 @pytest.fixture(scope="module")
